@@ -1,0 +1,433 @@
+"""The slice cache: object metadata, slice fills from the origin, eviction, purge and prefetch.
+
+One fill per slice at a time (single flight): every request needing a slice that is not on disk
+joins the fill in flight and streams its bytes from memory as they arrive. A fill reserves its
+bytes in the index before fetching, so the disk bound holds under any number of concurrent
+fills; a slice that cannot get room is still streamed, just not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import BadGateway, EdgeHTTPError, GatewayTimeout, NotFound, OriginChanged
+from .index import CacheIndex, SliceId
+from .metrics import EdgeMetrics
+from .origin import ObjectMeta, Origin
+from .slicing import slice_count, slice_length
+from .store import DiskStore, FoundObject
+
+__all__ = ["EdgeCache", "SliceFill"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("edge_cache.cache")
+
+# After a failed revalidation, keep serving the cached version and ask the origin again this soon.
+STALE_RETRY_S = 5.0
+MAX_NEGATIVE_ENTRIES = 10_000
+PREFETCH_CONCURRENCY = 4
+
+
+class SliceFill:
+    """One slice being fetched from the origin into memory; readers stream it as it grows."""
+
+    __slots__ = (
+        "_waiters",
+        "buffer",
+        "complete",
+        "discard",
+        "error",
+        "filled",
+        "length",
+        "meta",
+        "slice_id",
+        "storing",
+        "task",
+    )
+
+    def __init__(self, slice_id: SliceId, meta: ObjectMeta, length: int) -> None:
+        self.slice_id = slice_id
+        self.meta = meta
+        self.length = length
+        self.buffer = bytearray(length)
+        self.filled = 0
+        self.complete = False
+        self.error: EdgeHTTPError | None = None
+        self.discard = False  # purged or superseded while in flight: do not store
+        self.storing = False
+        self.task: asyncio.Task[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def feed(self, chunk: bytes) -> None:
+        end = self.filled + len(chunk)
+        self.buffer[self.filled : end] = chunk
+        self.filled = end
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def fail(self, error: EdgeHTTPError) -> None:
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait_for(self, position: int) -> None:
+        """Wait until byte `position` has arrived; raises the fill's error if it failed first."""
+        while self.filled <= position:
+            if self.error is not None:
+                raise self.error
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        """Bytes [start, end) of the slice, yielded as soon as each part has arrived."""
+        view = memoryview(self.buffer)
+        position = start
+        while position < end:
+            await self.wait_for(position)
+            upto = min(self.filled, end)
+            yield view[position:upto]
+            position = upto
+
+    async def wait_complete(self) -> None:
+        await self.wait_for(self.length - 1)
+
+
+@dataclass(slots=True)
+class _MetaEntry:
+    meta: ObjectMeta
+    checked_at: float
+
+
+class EdgeCache:
+    def __init__(
+        self,
+        *,
+        store: DiskStore,
+        origin: Origin,
+        index: CacheIndex,
+        metrics: EdgeMetrics,
+        slice_bytes: int,
+        meta_ttl_s: float,
+        negative_ttl_s: float,
+        retries: int,
+        prefetch_max_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self._origin = origin
+        self._metrics = metrics
+        self._slice_bytes = slice_bytes
+        self._meta_ttl_s = meta_ttl_s
+        self._negative_ttl_s = negative_ttl_s
+        self._retries = retries
+        self._prefetch_max_bytes = prefetch_max_bytes
+        self._clock = clock
+        self._meta: dict[str, _MetaEntry] = {}
+        self._missing: dict[str, float] = {}
+        self._versions: dict[str, ObjectMeta] = {}  # object_id -> meta, for every known version
+        self._meta_pending: dict[str, asyncio.Future[ObjectMeta]] = {}
+        self._fills: dict[SliceId, SliceFill] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._prefetch_slots = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+        metrics.cache_max_bytes.set(index.max_bytes)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild the index from disk (in a thread: it walks the directory tree)."""
+        found = await asyncio.to_thread(self.store.scan)
+        stale = self._load(found)
+        if stale:
+            await asyncio.to_thread(self._delete_versions, stale)
+        self._publish()
+        log.info(
+            "cache loaded",
+            extra={"slices": self.index.slice_count, "bytes": self.index.resident_bytes},
+        )
+
+    def _load(self, found: list[FoundObject]) -> list[ObjectMeta]:
+        """Adopt the newest version of each key; returns older versions for deletion."""
+        newest: dict[str, FoundObject] = {}
+        stale: list[ObjectMeta] = []
+        for item in found:
+            current = newest.get(item.meta.key)
+            if current is None or item.meta_mtime > current.meta_mtime:
+                if current is not None:
+                    stale.append(current.meta)
+                newest[item.meta.key] = item
+            else:
+                stale.append(item.meta)
+        slices: list[tuple[float, SliceId, int]] = []
+        for item in newest.values():
+            meta = item.meta
+            # Loaded metadata is revalidated with the origin on first use.
+            self._meta[meta.key] = _MetaEntry(meta, float("-inf"))
+            self._versions[meta.object_id] = meta
+            for index, mtime in item.slices:
+                size = slice_length(index, meta.size, self._slice_bytes)
+                slices.append((mtime, SliceId(meta.object_id, index), size))
+        over_bound: list[SliceId] = []
+        for _, slice_id, size in sorted(slices, key=lambda s: (s[0], s[1])):
+            over_bound.extend(self.index.load(slice_id, size))
+        self.store.delete_slices(over_bound)
+        return stale
+
+    def _delete_versions(self, metas: Iterable[ObjectMeta]) -> None:
+        for meta in metas:
+            self.store.delete_object(meta)
+
+    async def close(self) -> None:
+        """Cancel fills and background work; fills already writing to disk are let finish."""
+        for task in list(self._tasks):
+            fill = next((f for f in self._fills.values() if f.task is task), None)
+            if fill is None or not fill.storing:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `coro` as a task this cache owns: cancelled and awaited by `close()`."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _publish(self) -> None:
+        self._metrics.cache_bytes.set(self.index.used_bytes)
+        self._metrics.cache_slices.set(self.index.slice_count)
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    async def meta(self, key: str) -> ObjectMeta:
+        """The current version of `key`, from memory while fresh, else from an origin HEAD."""
+        now = self._clock()
+        entry = self._meta.get(key)
+        if entry is not None and now - entry.checked_at < self._meta_ttl_s:
+            return entry.meta
+        missing_since = self._missing.get(key)
+        if missing_since is not None and now - missing_since < self._negative_ttl_s:
+            raise NotFound()
+        pending = self._meta_pending.get(key)
+        if pending is None:
+            pending = self._spawn(self._revalidate(key))
+            self._meta_pending[key] = pending
+            pending.add_done_callback(lambda _: self._meta_pending.pop(key, None))
+        # Shielded: a client that goes away must not cancel the HEAD others are waiting for.
+        return await asyncio.shield(pending)
+
+    async def _revalidate(self, key: str) -> ObjectMeta:
+        previous = self._meta.get(key)
+        try:
+            fresh = await self._origin.head(key)
+        except NotFound:
+            self._missing[key] = self._clock()
+            if len(self._missing) > MAX_NEGATIVE_ENTRIES:
+                del self._missing[next(iter(self._missing))]
+            if previous is not None:
+                await self._drop_key(key)
+            raise
+        except (BadGateway, GatewayTimeout):
+            if previous is None:
+                raise
+            # stale-if-error: the cached version is still the best answer we have.
+            previous.checked_at = self._clock() - self._meta_ttl_s + STALE_RETRY_S
+            return previous.meta
+        self._missing.pop(key, None)
+        if previous is not None and previous.meta.object_id != fresh.object_id:
+            await self._drop_key(key)
+        if fresh.object_id not in self._versions:
+            await asyncio.to_thread(self.store.write_meta, fresh)
+            self._versions[fresh.object_id] = fresh
+        self._meta[key] = _MetaEntry(fresh, self._clock())
+        return fresh
+
+    def forget(self, key: str) -> None:
+        """Make the next request for `key` ask the origin (used when the origin moved on)."""
+        entry = self._meta.get(key)
+        if entry is not None:
+            entry.checked_at = float("-inf")
+
+    async def _drop_key(self, key: str) -> None:
+        """Remove the cached version of `key` (slices, meta file, fills in flight)."""
+        entry = self._meta.pop(key, None)
+        if entry is None:
+            return
+        meta = entry.meta
+        removed = self.index.remove_object(meta.object_id)
+        for slice_id, fill in self._fills.items():
+            if slice_id.object_id == meta.object_id:
+                fill.discard = True
+        self._versions.pop(meta.object_id, None)
+        self._publish()
+        log.debug("dropped %s (%d slices)", key, len(removed))
+        await asyncio.to_thread(self.store.delete_object, meta)
+
+    # -- slices --------------------------------------------------------------------------------
+
+    def slice_count(self, meta: ObjectMeta) -> int:
+        return slice_count(meta.size, self._slice_bytes)
+
+    def is_resident(self, slice_id: SliceId) -> bool:
+        return slice_id in self.index
+
+    def open_resident(self, slice_id: SliceId) -> int | None:
+        """An open descriptor of a slice on disk (the caller closes it), or None on a miss."""
+        if not self.index.touch(slice_id):
+            return None
+        try:
+            fd = os.open(self.store.slice_path(slice_id), os.O_RDONLY)
+        except FileNotFoundError:
+            # Deleted behind the index's back (an eviction racing a refill): heal, then miss.
+            self.index.discard(slice_id)
+            self._publish()
+            return None
+        self._metrics.slice_lookups.labels("hit").inc()
+        return fd
+
+    def fill_for(self, meta: ObjectMeta, index: int) -> SliceFill:
+        """The fill bringing slice `index` of `meta`: joined if one is in flight, else started."""
+        slice_id = SliceId(meta.object_id, index)
+        fill = self._fills.get(slice_id)
+        if fill is not None:
+            self._metrics.slice_lookups.labels("coalesced").inc()
+            self._metrics.coalesced_waiters.inc()
+            return fill
+        self._metrics.slice_lookups.labels("miss").inc()
+        fill = SliceFill(slice_id, meta, slice_length(index, meta.size, self._slice_bytes))
+        self._fills[slice_id] = fill
+        fill.task = self._spawn(self._run_fill(fill))
+        return fill
+
+    async def _run_fill(self, fill: SliceFill) -> None:
+        slice_id = fill.slice_id
+        admission = self.index.reserve(slice_id, fill.length)
+        committed = False
+        self._metrics.fills_in_flight.inc()
+        self._publish()
+        try:
+            if admission.evicted:
+                self._metrics.evictions.inc(len(admission.evicted))
+                await self._evict(admission.evicted)
+            if not admission.admitted:
+                self._metrics.uncached_fills.inc()
+            await self._fetch(fill)
+            fill.finish()
+            if admission.admitted and not fill.discard:
+                fill.storing = True
+                await asyncio.to_thread(self.store.write_slice, slice_id, fill.buffer)
+                if fill.discard:  # purged while we were writing
+                    await asyncio.to_thread(self.store.delete_slices, [slice_id])
+                else:
+                    self.index.commit(slice_id)
+                    committed = True
+        except (OriginChanged, NotFound) as exc:
+            self.forget(fill.meta.key)
+            fill.fail(exc)
+        except EdgeHTTPError as exc:
+            fill.fail(exc)
+        except asyncio.CancelledError:
+            fill.fail(BadGateway("shutting_down"))
+            raise
+        except OSError:
+            # The disk write failed: readers already had every byte; the slice just isn't kept.
+            log.exception("could not store slice %s", slice_id)
+        finally:
+            if not committed:
+                self.index.release(slice_id)
+            if self._fills.get(slice_id) is fill:
+                del self._fills[slice_id]
+            self._metrics.fills_in_flight.dec()
+            self._publish()
+
+    async def _fetch(self, fill: SliceFill) -> None:
+        """Fetch the slice, resuming from the last byte received after a transient failure."""
+        start = fill.slice_id.index * self._slice_bytes
+        last = start + fill.length - 1
+        failures = 0
+        while fill.filled < fill.length:
+            try:
+                async with self._origin.open_range(fill.meta, start + fill.filled, last) as chunks:
+                    async for chunk in chunks:
+                        fill.feed(chunk)
+            except (OriginChanged, NotFound):
+                raise
+            except (BadGateway, GatewayTimeout) as exc:
+                failures += 1
+                log.warning("origin fetch of %s failed (%s), try %d", fill.slice_id, exc, failures)
+                if failures > self._retries:
+                    raise
+
+    async def _evict(self, evicted: tuple[SliceId, ...]) -> None:
+        await asyncio.to_thread(self.store.delete_slices, evicted)
+        # An object version with no slice left on disk and none in flight needs no meta file.
+        orphans = []
+        for object_id in {s.object_id for s in evicted}:
+            if self.index.has_object(object_id) or any(
+                s.object_id == object_id for s in self._fills
+            ):
+                continue
+            meta = self._versions.get(object_id)
+            if meta is None:
+                continue
+            entry = self._meta.get(meta.key)
+            if entry is not None and entry.meta.object_id == object_id:
+                del self._meta[meta.key]
+            del self._versions[object_id]
+            orphans.append(meta)
+        if orphans:
+            await asyncio.to_thread(self._delete_versions, orphans)
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    async def purge(self, keys: Iterable[str], prefixes: Iterable[str]) -> int:
+        """Remove cached data of these keys and of every key under these prefixes."""
+        wanted = set(keys)
+        prefix_tuple = tuple(prefixes)
+
+        def matches(key: str) -> bool:
+            return key in wanted or bool(prefix_tuple and key.startswith(prefix_tuple))
+
+        targets = [key for key in self._meta if matches(key)]
+        for key in [key for key in self._missing if matches(key)]:
+            del self._missing[key]
+        for key in targets:
+            await self._drop_key(key)
+        self._metrics.purged_objects.inc(len(targets))
+        return len(targets)
+
+    def prefetch(self, keys: Iterable[str]) -> int:
+        """Queue background fills of these objects (up to the prefetch byte limit each)."""
+        queued = 0
+        for key in keys:
+            self._spawn(self._prefetch_one(key))
+            queued += 1
+        self._metrics.prefetch_queued.inc(queued)
+        return queued
+
+    async def _prefetch_one(self, key: str) -> None:
+        async with self._prefetch_slots:
+            try:
+                meta = await self.meta(key)
+                wanted = min(meta.size, self._prefetch_max_bytes)
+                for index in range(slice_count(wanted, self._slice_bytes)):
+                    if self.is_resident(SliceId(meta.object_id, index)):
+                        continue
+                    await self.fill_for(meta, index).wait_complete()
+            except EdgeHTTPError as exc:
+                log.warning("prefetch of %s failed: %s", key, exc.reason)

@@ -1,0 +1,221 @@
+"""The origin: one bucket on one S3-compatible endpoint, read through aioboto3.
+
+Storage-client errors never leave this module: they become NotFound, OriginChanged, BadGateway
+or GatewayTimeout. The client is pinned to path-style addressing against the configured endpoint,
+so no request can reach another host (virtual-host style would contact `bucket.endpoint`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import aioboto3
+import aiohttp
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .config import OriginSettings
+from .errors import BadGateway, GatewayTimeout, NotFound, OriginChanged
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+__all__ = ["ObjectMeta", "Origin", "OriginStats"]
+
+READ_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What the edge knows about one version of an origin object."""
+
+    key: str
+    etag: str
+    size: int
+    content_type: str
+    last_modified: int | None
+    cache_control: str | None = None
+
+    @property
+    def object_id(self) -> str:
+        """Names this version on disk; a new ETag gives new slices, never mixed with old ones."""
+        return hashlib.sha256(f"{self.key}\n{self.etag}".encode()).hexdigest()[:32]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "etag": self.etag,
+            "size": self.size,
+            "content_type": self.content_type,
+            "last_modified": self.last_modified,
+            "cache_control": self.cache_control,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ObjectMeta:
+        return cls(
+            key=str(data["key"]),
+            etag=str(data["etag"]),
+            size=int(data["size"]),
+            content_type=str(data["content_type"]),
+            last_modified=None if data.get("last_modified") is None else int(data["last_modified"]),
+            cache_control=data.get("cache_control"),
+        )
+
+
+class OriginStats:
+    """Hooks the origin reports to; the metrics layer implements them."""
+
+    def request(self, op: str, outcome: str, seconds: float) -> None:
+        """One origin request finished (headers received or failed)."""
+
+    def bytes_received(self, count: int) -> None:
+        """Body bytes read from the origin."""
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError | asyncio.TimeoutError) or "Timeout" in type(exc).__name__
+
+
+def _translate(exc: BaseException) -> Exception:
+    """Map storage-client failures to the edge's own errors."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return NotFound()
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return OriginChanged()
+        return BadGateway()
+    if _is_timeout(exc):
+        return GatewayTimeout()
+    return BadGateway()
+
+
+class Origin:
+    """Reads object metadata and byte ranges from the previews bucket."""
+
+    def __init__(self, settings: OriginSettings, stats: OriginStats | None = None) -> None:
+        self._settings = settings
+        self._stats = stats or OriginStats()
+        self._client: S3Client | None = None
+        self._stack = AsyncExitStack()
+
+    async def start(self) -> None:
+        session = aioboto3.Session(
+            aws_access_key_id=self._settings.access_key_id,
+            aws_secret_access_key=self._settings.secret_access_key,
+            region_name=self._settings.region,
+        )
+        config = Config(
+            s3={"addressing_style": "path"},
+            connect_timeout=self._settings.timeout_s,
+            read_timeout=self._settings.timeout_s,
+            # Retries are ours (bounded, and resumable mid-slice); botocore's would hide them.
+            retries={"total_max_attempts": 1},
+            max_pool_connections=64,
+        )
+        self._client = await self._stack.enter_async_context(
+            session.client(  # type: ignore[call-overload]
+                "s3", endpoint_url=self._settings.endpoint, config=config
+            )
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            raise RuntimeError("Origin.start() was not awaited")
+        return self._client
+
+    async def head(self, key: str) -> ObjectMeta:
+        """Metadata of the current version of `key`; NotFound when it does not exist."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for attempt in range(self._settings.retries + 1):
+            try:
+                async with asyncio.timeout(self._settings.timeout_s):
+                    head = await self.client.head_object(Bucket=self._settings.bucket, Key=key)
+            except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                error = _translate(exc)
+                self._stats.request("head", error.__class__.__name__, loop.time() - started)
+                if isinstance(error, NotFound) or attempt == self._settings.retries:
+                    raise error from exc
+                continue
+            self._stats.request("head", "ok", loop.time() - started)
+            return _meta_from(key, head)
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def open_range(
+        self, meta: ObjectMeta, start: int, end: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Open bytes [start, end] (inclusive) of exactly the version `meta` names.
+
+        `If-Match` pins the ETag: if the object changed, S3 answers 412 and this raises
+        OriginChanged instead of returning bytes of another version. Yields an iterator of
+        chunks; each read is bounded by the fetch timeout, so a stalled origin raises
+        GatewayTimeout. The response is closed on exit, releasing or dropping the connection.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                response = await self.client.get_object(
+                    Bucket=self._settings.bucket,
+                    Key=meta.key,
+                    Range=f"bytes={start}-{end}",
+                    IfMatch=meta.etag,
+                )
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = _translate(exc)
+            self._stats.request("get", error.__class__.__name__, loop.time() - started)
+            raise error from exc
+        self._stats.request("get", "ok", loop.time() - started)
+        body = response["Body"]
+        try:
+            # Never trust the origin's framing blindly: a 200 instead of a 206, or a range other
+            # than the one asked for, would put wrong bytes in the cache (nginx aborts likewise).
+            expected = f"bytes {start}-{end}/{meta.size}"
+            if response.get("ContentRange") != expected or response.get("ETag") != meta.etag:
+                raise BadGateway("origin_bad_range")
+            yield self._chunks(body, end - start + 1)
+        finally:
+            body.close()
+
+    async def _chunks(self, body: Any, length: int) -> AsyncIterator[bytes]:
+        remaining = length
+        while remaining > 0:
+            try:
+                async with asyncio.timeout(self._settings.timeout_s):
+                    chunk: bytes = await body.read(min(READ_CHUNK, remaining))
+            except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise _translate(exc) from exc
+            if not chunk:
+                raise BadGateway("origin_short_body")
+            remaining -= len(chunk)
+            self._stats.bytes_received(len(chunk))
+            yield chunk
+
+
+def _meta_from(key: str, head: Any) -> ObjectMeta:
+    last_modified = head.get("LastModified")
+    return ObjectMeta(
+        key=key,
+        etag=str(head["ETag"]),
+        size=int(head["ContentLength"]),
+        content_type=str(head.get("ContentType") or "application/octet-stream"),
+        last_modified=int(last_modified.timestamp())
+        if isinstance(last_modified, datetime)
+        else None,
+        cache_control=head.get("CacheControl"),
+    )
