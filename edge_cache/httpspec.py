@@ -113,10 +113,9 @@ def parse_range(header: str | None, size: int, max_ranges: int) -> RangeDecision
         return Unsatisfiable()
     if len(satisfiable) > max_ranges:
         return Full()
-    ranges = _coalesce_if_overlapping(satisfiable)
-    if len(ranges) > 1 and sum(r.length for r in ranges) > size:
+    if len(satisfiable) > 1 and sum(r.length for r in satisfiable) > size:
         return Full()
-    return Partial(tuple(ranges))
+    return Partial(tuple(_coalesce_if_overlapping(satisfiable)))
 
 
 def _coalesce_if_overlapping(ranges: list[ByteRange]) -> list[ByteRange]:

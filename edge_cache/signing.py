@@ -165,6 +165,9 @@ def decode_token(token: str, keys: KeyRing) -> Claims:
         raise TokenDenied(DenyReason.MALFORMED)
     head_b64, body_b64, sig_b64 = parts
     header = _json_object(_b64u_decode(head_b64))
+    body = _b64u_decode(body_b64)  # well-formed before we spend a MAC on it
+    if not _B64U_PART.fullmatch(sig_b64):
+        raise TokenDenied(DenyReason.MALFORMED)
     if header.get("alg") != ALGORITHM:
         raise TokenDenied(DenyReason.MALFORMED)
     kid = header.get("kid")
@@ -175,7 +178,7 @@ def decode_token(token: str, keys: KeyRing) -> Claims:
     expected = _mac(key, f"{head_b64}.{body_b64}".encode("ascii"))
     if not hmac.compare_digest(expected, sig_b64):
         raise TokenDenied(DenyReason.BAD_SIGNATURE)
-    return _claims_from(_json_object(_b64u_decode(body_b64)))
+    return _claims_from(_json_object(body))
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
