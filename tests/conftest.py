@@ -1,4 +1,4 @@
-"""Shared fixtures: a real S3-compatible server (moto) on loopback, a fault proxy, edge factories."""
+"""Fixtures: a real S3-compatible server (moto) on loopback, a fault proxy, edge factories."""
 
 from __future__ import annotations
 

@@ -102,24 +102,23 @@ class FaultProxy:
                 if name.lower() not in HOP_HEADERS:
                     response.headers[name] = value
             await response.prepare(request)
+            gate = fault.gate if fault is not None else None
+            gate_at = fault.gate_after if fault is not None else None
+            reset_at = fault.reset_after if fault is not None else None
             sent = 0
             async for chunk in upstream.content.iter_chunked(16 * 1024):
-                if fault is not None and fault.gate_after is not None and fault.gate is not None:
-                    if sent <= fault.gate_after < sent + len(chunk):
-                        cut = fault.gate_after - sent
-                        await response.write(chunk[:cut])
-                        await fault.gate.wait()
-                        await response.write(chunk[cut:])
-                        sent += len(chunk)
-                        continue
-                if fault is not None and fault.reset_after is not None:
-                    if sent + len(chunk) > fault.reset_after:
-                        await response.write(chunk[: fault.reset_after - sent])
-                        await asyncio.sleep(0.01)
-                        assert request.transport is not None
-                        request.transport.abort()
-                        return response
+                end = sent + len(chunk)
+                if reset_at is not None and end > reset_at:
+                    await response.write(chunk[: reset_at - sent])
+                    await asyncio.sleep(0.01)
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if gate is not None and gate_at is not None and sent <= gate_at < end:
+                    await response.write(chunk[: gate_at - sent])
+                    await gate.wait()
+                    chunk = chunk[gate_at - sent :]
                 await response.write(chunk)
-                sent += len(chunk)
+                sent = end
             await response.write_eof()
             return response

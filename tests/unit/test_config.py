@@ -63,7 +63,8 @@ def test_bad_values_name_the_variable_in_one_line(overrides: dict[str, str], var
     with pytest.raises(ConfigError) as info:
         EdgeSettings.from_env({**BASE, **overrides})
     message = str(info.value)
-    assert message.startswith(variable) and "\n" not in message
+    assert message.startswith(variable)
+    assert "\n" not in message
 
 
 def test_listen_forms() -> None:

@@ -16,9 +16,11 @@ def test_reserve_commit_and_lru_eviction_order() -> None:
         index.commit(sid(name))
     assert index.touch(sid("a"))  # a is now the most recently used
     admission = index.reserve(sid("d"), 100)
-    assert admission.admitted and admission.evicted == (sid("b"),)
+    assert admission.admitted
+    assert admission.evicted == (sid("b"),)
     index.commit(sid("d"))
-    assert sid("b") not in index and index.used_bytes == 300
+    assert sid("b") not in index
+    assert index.used_bytes == 300
 
 
 def test_reservations_count_against_the_bound_and_are_not_evicted() -> None:
@@ -26,7 +28,8 @@ def test_reservations_count_against_the_bound_and_are_not_evicted() -> None:
     assert index.reserve(sid("a"), 100).admitted
     assert index.reserve(sid("b"), 100).admitted
     refused = index.reserve(sid("c"), 100)
-    assert not refused.admitted and refused.evicted == ()
+    assert not refused.admitted
+    assert refused.evicted == ()
     index.release(sid("a"))
     assert index.reserve(sid("c"), 100).admitted
     assert index.used_bytes == 200
@@ -49,7 +52,8 @@ def test_remove_object_drops_all_its_slices() -> None:
     index.reserve(sid("b"), 10)
     index.commit(sid("b"))
     assert index.remove_object("a") == (sid("a", 0), sid("a", 1), sid("a", 2))
-    assert not index.has_object("a") and index.has_object("b")
+    assert not index.has_object("a")
+    assert index.has_object("b")
     assert index.used_bytes == 10
 
 
