@@ -201,6 +201,12 @@ class EdgeCache:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def settled(self) -> None:
+        """Wait until no fill is in flight (every finished slice is on disk or given up)."""
+        while self._fills:
+            tasks = [fill.task for fill in self._fills.values() if fill.task is not None]
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run `coro` as a task this cache owns: cancelled and awaited by `close()`."""
         task = asyncio.create_task(coro)
