@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import aioboto3
 import aiohttp
-from botocore.config import Config
+from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import BotoCoreError, ClientError
+from yarl import URL
 
 from .config import OriginSettings
 from .errors import BadGateway, GatewayTimeout, NotFound, OriginChanged
@@ -69,6 +71,47 @@ class ObjectMeta:
         )
 
 
+class EgressRefused(aiohttp.ClientError):
+    """A request for anything but the configured endpoint was stopped before it left."""
+
+
+class _PinnedClientSession:
+    """Wraps aiohttp's session: no redirects, no proxies, and only the configured origin."""
+
+    def __init__(self, session: aiohttp.ClientSession, allowed: URL) -> None:
+        self._session = session
+        self._allowed = allowed
+
+    def request(self, method: str, url: URL, **kwargs: Any) -> Any:
+        if (url.scheme, url.host, url.port) != (
+            self._allowed.scheme,
+            self._allowed.host,
+            self._allowed.port,
+        ):
+            raise EgressRefused(f"refusing to contact {url.origin()}")
+        kwargs["allow_redirects"] = False
+        kwargs["proxy"] = None
+        kwargs["proxy_headers"] = None
+        return self._session.request(method, url=url, **kwargs)
+
+
+def _pinned_http_session(endpoint: str) -> type[AIOHTTPSession]:
+    """aiobotocore's HTTP session class, pinned to `endpoint`.
+
+    aiobotocore leaves aiohttp's `allow_redirects` at its default (follow up to 10 redirects, to
+    any host) and botocore honours HTTP(S)_PROXY from the environment; the edge must contact its
+    bucket's endpoint and nothing else, so both are switched off here.
+    """
+    allowed = URL(endpoint)
+
+    class PinnedSession(AIOHTTPSession):
+        async def _get_session(self, proxy_url: Any) -> Any:
+            session = await super()._get_session(None)  # type: ignore[misc]
+            return _PinnedClientSession(session, allowed)
+
+    return PinnedSession
+
+
 class OriginStats:
     """Hooks the origin reports to; the metrics layer implements them."""
 
@@ -113,7 +156,8 @@ class Origin:
             aws_secret_access_key=self._settings.secret_access_key,
             region_name=self._settings.region,
         )
-        config = Config(
+        config = AioConfig(
+            http_session_cls=_pinned_http_session(self._settings.endpoint),
             s3={"addressing_style": "path"},
             connect_timeout=self._settings.timeout_s,
             read_timeout=self._settings.timeout_s,
@@ -122,7 +166,7 @@ class Origin:
             max_pool_connections=64,
         )
         self._client = await self._stack.enter_async_context(
-            session.client(  # type: ignore[call-overload]
+            session.client(
                 "s3", endpoint_url=self._settings.endpoint, config=config
             )
         )
@@ -151,8 +195,13 @@ class Origin:
                 if isinstance(error, NotFound) or attempt == self._settings.retries:
                     raise error from exc
                 continue
+            meta = _meta_from(key, head)
+            if meta is None:
+                # e.g. a 3xx, which botocore returns for HEAD without raising: never followed.
+                self._stats.request("head", "BadGateway", loop.time() - started)
+                raise BadGateway("origin_bad_response")
             self._stats.request("head", "ok", loop.time() - started)
-            return _meta_from(key, head)
+            return meta
         raise AssertionError("unreachable")
 
     @asynccontextmanager
@@ -207,7 +256,11 @@ class Origin:
             yield chunk
 
 
-def _meta_from(key: str, head: Any) -> ObjectMeta:
+def _meta_from(key: str, head: Any) -> ObjectMeta | None:
+    """Metadata from a HEAD answer, or None when it is not a complete 200 answer."""
+    status = head.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status != 200 or not head.get("ETag") or not isinstance(head.get("ContentLength"), int):
+        return None
     last_modified = head.get("LastModified")
     return ObjectMeta(
         key=key,

@@ -1,4 +1,4 @@
-"""Cache behaviour: single flight, streaming while filling, sparse fills, the size bound, restarts."""
+"""Cache behaviour: single flight, streaming while filling, sparse fills, the bound, restarts."""
 
 from __future__ import annotations
 
