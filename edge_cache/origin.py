@@ -166,9 +166,7 @@ class Origin:
             max_pool_connections=64,
         )
         self._client = await self._stack.enter_async_context(
-            session.client(
-                "s3", endpoint_url=self._settings.endpoint, config=config
-            )
+            session.client("s3", endpoint_url=self._settings.endpoint, config=config)
         )
 
     async def close(self) -> None:
