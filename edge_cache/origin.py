@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +43,13 @@ class ObjectMeta:
     content_type: str
     last_modified: int | None
     cache_control: str | None = None
+    # Names this version on disk: a new ETag gives new slices, never mixed with old ones.
+    # Computed once; every slice lookup on the request path uses it.
+    object_id: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def object_id(self) -> str:
-        """Names this version on disk; a new ETag gives new slices, never mixed with old ones."""
-        return hashlib.sha256(f"{self.key}\n{self.etag}".encode()).hexdigest()[:32]
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256(f"{self.key}\n{self.etag}".encode()).hexdigest()[:32]
+        object.__setattr__(self, "object_id", digest)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -327,3 +327,26 @@ async def test_cli_sign_prints_a_url_the_edge_accepts(
             async with http.get(aiohttp.client.URL(url, encoded=True)) as response:
                 assert (response.status, await response.read()) == (200, b"#EXTM3U\n")
         assert run_cli("sign", "/x", env={"PATH": env["PATH"]}).returncode == 2
+
+
+async def test_shutdown_cancels_stalled_fills_cleanly(
+    make_edge: EdgeFactory, bucket: Bucket, proxy: FaultProxy, http: aiohttp.ClientSession
+) -> None:
+    """A fill stuck at the origin does not hold shutdown; it leaves no file and no reservation."""
+    await bucket.put("assets/a1/preview.mp4", random_bytes(SLICE))
+    never = asyncio.Event()
+    proxy.faults.append(Fault(match=lambda r: r.method == "GET", gate_after=100, gate=never))
+    edge_cm = make_edge(EDGE_SHUTDOWN_TIMEOUT_S="1", FETCH_TIMEOUT_MS="60000")
+    live = await edge_cm.__aenter__()
+    response = await http.get(signed(live, "assets/a1/preview.mp4"))
+    assert response.status == 200
+    started = time.monotonic()
+    await edge_cm.__aexit__(None, None, None)
+    assert time.monotonic() - started < 5
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()  # cut, not completed with made-up bytes
+    cache_dir = live.edge.settings.cache_dir
+    assert cache_files(cache_dir) == []
+    assert list((cache_dir / "tmp").iterdir()) == []
+    assert live.edge.index.used_bytes == 0
+    assert live.edge.metrics.fills_in_flight._value.get() == 0
