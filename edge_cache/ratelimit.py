@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -67,23 +68,26 @@ class SharedLimiter:
         self,
         client: aioredis.Redis,
         local: WindowLimiter,
-        on_backend_error: object = None,
+        on_backend_error: Callable[[], None] | None = None,
+        *,
+        prefix: str = KEY_PREFIX,
     ) -> None:
         self._redis = client
         self._local = local
         self._on_error = on_backend_error
+        self._prefix = prefix
 
     async def check(self, client: str, now: float) -> int | None:
         window_s = self._local.window_s
         window = int(now // window_s)
-        key = f"{KEY_PREFIX}{window}:{client}"
+        key = f"{self._prefix}{window}:{client}"
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, window_s * 2)
                 count, _ = await pipe.execute()
         except (RedisError, OSError) as exc:
-            if callable(self._on_error):
+            if self._on_error is not None:
                 self._on_error()
             log.warning("shared rate limit unavailable, using the local one: %s", exc)
             return self._local.hit(client, now)

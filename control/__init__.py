@@ -1,0 +1,1 @@
+"""The control plane: assets, uploads, promotion, preview jobs and signed playback."""
