@@ -136,6 +136,14 @@ async def test_upload_promote_job_progress_and_edge_playback(
             playback = await response.json()
         assert playback["via"] == "edge"
         assert "/t/" in playback["hls"]
+        async with api.post(
+            live.api(f"/api/assets/{asset_id}/playback"), json={"bind_ip": True}
+        ) as response:
+            bound = await response.json()
+        token = parse_qs(urlsplit(bound["mp4"]).query)["token"][0]
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert claims["ip"] == "127.0.0.1"
+        assert claims["acl"] == f"/assets/{asset_id}/preview.mp4"
 
     # The URLs the control plane signed are accepted by a real edge with the same key.
     edge_env = {
