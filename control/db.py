@@ -303,3 +303,9 @@ async def record_job_progress(
         failure_reason,
     )
     return result is not None
+
+
+async def job_status(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> str | None:
+    """The job's status (queued, running, done, failed), or None for an unknown job."""
+    status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+    return None if status is None else str(status)
