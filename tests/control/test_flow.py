@@ -42,17 +42,22 @@ async def upload(
     return created
 
 
+def _job_of(entry: Any) -> dict[str, Any] | None:
+    """The job an entry carries; None for entries that are not ours to read."""
+    try:
+        job = json.loads(entry[1][b"job"])
+    except (KeyError, ValueError):
+        return None
+    return job if isinstance(job, dict) else None
+
+
 async def stream_jobs(job_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
     """Messages for `job_id` on the preview jobs stream (waiting for the relay)."""
     client = aioredis.from_url(REDIS_URL)
     try:
         for _ in range(int(timeout / 0.05)):
             entries = await client.xrange(stream_for("preview"))
-            found = [
-                json.loads(fields[b"job"])
-                for _, fields in entries
-                if json.loads(fields[b"job"])["job_id"] == job_id
-            ]
+            found = [job for job in map(_job_of, entries) if job and job.get("job_id") == job_id]
             if found:
                 return found
             await asyncio.sleep(0.05)

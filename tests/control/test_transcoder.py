@@ -32,10 +32,12 @@ WorkerFactory = Callable[..., AbstractAsyncContextManager[PreviewWorker]]
 
 
 @pytest.fixture
-async def fresh_stream() -> None:
-    """Start from an empty job stream: entries of other tests belong to other databases."""
+async def fresh_stream() -> AsyncIterator[None]:
+    """An empty job stream during the test, and none of its entries left behind after it."""
     client = aioredis.from_url(REDIS_URL)
     try:
+        await client.delete(STREAM, DEAD_LETTER)
+        yield
         await client.delete(STREAM, DEAD_LETTER)
     finally:
         await client.aclose()
