@@ -115,9 +115,11 @@ class PublicHandler:
                 response = self._error(request, exc)
             exchange.status = response.status
             return response
-        except ConnectionError as exc:
+        except ConnectionError:
+            # The client left mid-response: normal for players (seeks, tab closed). Record it
+            # and hand aiohttp a response it will find it cannot send, without a traceback.
             exchange.aborted = exchange.aborted or "client_gone"
-            raise ConnectionResetError(str(exc)) from exc
+            return web.Response(status=exchange.status or 499)
         finally:
             self._record(exchange, loop.time() - started)
 
