@@ -73,10 +73,16 @@ def _keys(body: dict[str, Any]) -> list[str]:
     return keys
 
 
-def make_admin_app(cache: EdgeCache, metrics: EdgeMetrics, token: str | None) -> web.Application:
+def make_admin_app(
+    cache: EdgeCache,
+    metrics: EdgeMetrics,
+    token: str | None,
+    before_scrape: Callable[[], None] = lambda: None,
+) -> web.Application:
     app = web.Application(middlewares=[_auth_middleware(token)], client_max_size=4 << 20)
 
     async def metrics_handler(request: web.Request) -> web.Response:
+        before_scrape()  # batched counts (fast path) are exact when scraped
         response = web.Response(body=generate_latest(metrics.registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

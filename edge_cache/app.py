@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from .admin import make_admin_app
 from .cache import EdgeCache
 from .config import EdgeSettings
+from .fastpath import FastPath, FastPathProtocol
 from .index import CacheIndex
 from .metrics import EdgeMetrics
 from .origin import Origin
@@ -40,8 +42,10 @@ class Edge:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         use_sendfile: bool = True,
+        use_fastpath: bool = True,
     ) -> None:
         self.settings = settings
+        self.use_fastpath = use_fastpath
         self.metrics = EdgeMetrics(registry or CollectorRegistry())
         self.state = ServerState()
         self.origin = Origin(settings.origin, self.metrics)
@@ -80,6 +84,15 @@ class Edge:
             clock=clock,
             use_sendfile=use_sendfile,
         )
+        self.fastpath = FastPath(
+            settings=settings,
+            cache=self.cache,
+            verifier=self.verifier,
+            limiter=limiter,
+            metrics=self.metrics,
+            state=self.state,
+            clock=clock,
+        )
 
     async def start(self) -> None:
         await self.origin.start()
@@ -92,7 +105,9 @@ class Edge:
             await self._redis.aclose()
 
     def admin_app(self) -> web.Application:
-        return make_admin_app(self.cache, self.metrics, self.settings.admin_token)
+        return make_admin_app(
+            self.cache, self.metrics, self.settings.admin_token, self.fastpath.flush_metrics
+        )
 
 
 @dataclass(frozen=True)
@@ -129,21 +144,67 @@ async def running(edge: Edge, *, reuse_port: bool = False) -> AsyncIterator[Runn
         shutdown_timeout=settings.shutdown_timeout_s,
     )
     admin = web.AppRunner(edge.admin_app(), handle_signals=False, access_log=None)
+    fast_connections: set[FastPathProtocol] = set()
+    listener: asyncio.Server | None = None
+    flusher = asyncio.create_task(_flush_every(edge.fastpath, 0.5))
     try:
         await public.setup()
         await admin.setup()
-        await web.TCPSite(public, *settings.listen, reuse_port=reuse_port).start()
+        aiohttp_protocol = public.server
+        assert aiohttp_protocol is not None
+        if edge.use_fastpath:
+            # Plain hits are answered by the lean protocol; it hands every other request's
+            # connection to aiohttp's protocol (see fastpath.py).
+            listener = await asyncio.get_running_loop().create_server(
+                lambda: FastPathProtocol(edge.fastpath, aiohttp_protocol, fast_connections),
+                *settings.listen,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+            )
+            public_port = int(listener.sockets[0].getsockname()[1])
+        else:
+            await web.TCPSite(public, *settings.listen, reuse_port=reuse_port).start()
+            public_port = _bound_port(public)
         await web.TCPSite(admin, *settings.admin_listen).start()
-        yield RunningEdge(edge, _bound_port(public), _bound_port(admin))
+        yield RunningEdge(edge, public_port, _bound_port(admin))
         edge.state.draining = True
         if settings.drain_grace_s:
             # Keep serving while load balancers see /healthz turn 503 and stop sending traffic.
             await asyncio.sleep(settings.drain_grace_s)
     finally:
         edge.state.draining = True
+        if listener is not None:
+            listener.close()
+            await _drain_fast(fast_connections, settings.shutdown_timeout_s)
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        edge.fastpath.flush_metrics()
         await public.cleanup()  # stops accepting, lets in-flight responses finish (bounded)
         await admin.cleanup()
         await edge.close()
+
+
+async def _flush_every(fastpath: FastPath, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        fastpath.flush_metrics()
+
+
+async def _drain_fast(connections: set[FastPathProtocol], timeout_s: float) -> None:
+    """Close idle fast-path connections; give busy ones up to `timeout_s` to finish."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while connections:
+        for connection in list(connections):
+            if connection.idle:
+                connection.close()
+                connections.discard(connection)
+        if not connections or loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    for connection in list(connections):
+        connection.close()
 
 
 async def serve(settings: EdgeSettings) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,6 +34,8 @@ log = logging.getLogger("edge_cache.cache")
 STALE_RETRY_S = 5.0
 MAX_NEGATIVE_ENTRIES = 10_000
 PREFETCH_CONCURRENCY = 4
+# Open descriptors kept for hot slices (the hit path reads them without open/close).
+FD_CACHE_SIZE = 1024
 
 
 class SliceFill:
@@ -144,6 +147,7 @@ class EdgeCache:
         self._versions: dict[str, ObjectMeta] = {}  # object_id -> meta, for every known version
         self._meta_pending: dict[str, asyncio.Future[ObjectMeta]] = {}
         self._fills: dict[SliceId, SliceFill] = {}
+        self._fds: OrderedDict[SliceId, int] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._prefetch_slots = asyncio.Semaphore(PREFETCH_CONCURRENCY)
         metrics.cache_max_bytes.set(index.max_bytes)
@@ -183,7 +187,7 @@ class EdgeCache:
             for index, mtime in item.slices:
                 size = slice_length(index, meta.size, self._slice_bytes)
                 slices.append((mtime, SliceId(meta.object_id, index), size))
-        over_bound: list[SliceId] = []
+        over_bound: list[SliceId] = []  # no descriptors are cached yet at load time
         for _, slice_id, size in sorted(slices, key=lambda s: (s[0], s[1])):
             over_bound.extend(self.index.load(slice_id, size))
         self.store.delete_slices(over_bound)
@@ -195,6 +199,7 @@ class EdgeCache:
 
     async def close(self) -> None:
         """Cancel fills and background work; fills already writing to disk are let finish."""
+        self._close_fds(list(self._fds))
         for task in list(self._tasks):
             fill = next((f for f in self._fills.values() if f.task is task), None)
             if fill is None or not fill.storing:
@@ -219,6 +224,13 @@ class EdgeCache:
         self._metrics.cache_slices.set(self.index.slice_count)
 
     # -- metadata ------------------------------------------------------------------------------
+
+    def fresh_meta(self, key: str) -> ObjectMeta | None:
+        """The cached metadata of `key` if it needs no revalidation now, else None (no I/O)."""
+        entry = self._meta.get(key)
+        if entry is not None and self._clock() - entry.checked_at < self._meta_ttl_s:
+            return entry.meta
+        return None
 
     async def meta(self, key: str) -> ObjectMeta:
         """The current version of `key`, from memory while fresh, else from an origin HEAD."""
@@ -276,6 +288,7 @@ class EdgeCache:
             return
         meta = entry.meta
         removed = self.index.remove_object(meta.object_id)
+        self._close_fds(removed)
         for slice_id, fill in self._fills.items():
             if slice_id.object_id == meta.object_id:
                 fill.discard = True
@@ -292,8 +305,35 @@ class EdgeCache:
     def is_resident(self, slice_id: SliceId) -> bool:
         return slice_id in self.index
 
-    def open_resident(self, slice_id: SliceId) -> int | None:
-        """An open descriptor of a slice on disk (the caller closes it), or None on a miss."""
+    def cached_fd(self, slice_id: SliceId) -> int | None:
+        """A descriptor of a resident slice that the cache owns: use it without awaiting in
+        between, never close it (it is closed when the slice leaves the cache)."""
+        fd = self._fds.get(slice_id)
+        if fd is not None:
+            if self.index.touch(slice_id):
+                self._fds.move_to_end(slice_id)
+                return fd
+            self._close_fds([slice_id])
+        fd = self.open_resident(slice_id, count=False)
+        if fd is None:
+            return None
+        self._fds[slice_id] = fd
+        if len(self._fds) > FD_CACHE_SIZE:
+            _, oldest = self._fds.popitem(last=False)
+            os.close(oldest)
+        return fd
+
+    def _close_fds(self, slice_ids: Iterable[SliceId]) -> None:
+        for slice_id in slice_ids:
+            fd = self._fds.pop(slice_id, None)
+            if fd is not None:
+                os.close(fd)
+
+    def open_resident(self, slice_id: SliceId, *, count: bool = True) -> int | None:
+        """An open descriptor of a slice on disk (the caller closes it), or None on a miss.
+
+        `count=False` leaves the hit uncounted, for callers that count hits themselves.
+        """
         if not self.index.touch(slice_id):
             return None
         try:
@@ -301,9 +341,11 @@ class EdgeCache:
         except FileNotFoundError:
             # Deleted behind the index's back (an eviction racing a refill): heal, then miss.
             self.index.discard(slice_id)
+            self._close_fds([slice_id])
             self._publish()
             return None
-        self._metrics.slice_lookups.labels("hit").inc()
+        if count:
+            self._metrics.slice_lookups.labels("hit").inc()
         return fd
 
     def fill_for(self, meta: ObjectMeta, index: int) -> SliceFill:
@@ -380,6 +422,7 @@ class EdgeCache:
                     raise
 
     async def _evict(self, evicted: tuple[SliceId, ...]) -> None:
+        self._close_fds(evicted)
         await asyncio.to_thread(self.store.delete_slices, evicted)
         # An object version with no slice left on disk and none in flight needs no meta file.
         orphans = []

@@ -60,6 +60,14 @@ class SocketSink:
         self._loop = loop
         self._fd = os.dup(sock_fd)
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    async def writable(self) -> None:
+        """Wait until the socket can take more bytes."""
+        await self._writable()
+
     async def _writable(self) -> None:
         waiter = self._loop.create_future()
         self._loop.add_writer(self._fd, waiter.set_result, None)
