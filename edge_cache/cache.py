@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from .errors import BadGateway, EdgeHTTPError, GatewayTimeout, NotFound, OriginChanged
 from .index import CacheIndex, SliceId
 from .metrics import EdgeMetrics
-from .origin import ObjectMeta, Origin
+from .origin import ObjectMeta, Origin, RangeUnusable
 from .slicing import slice_count, slice_length
 from .store import DiskStore, FoundObject
 
@@ -249,6 +249,66 @@ class EdgeCache:
         # Shielded: a client that goes away must not cancel the HEAD others are waiting for.
         return await asyncio.shield(pending)
 
+    async def meta_for_get(self, key: str, first_index: int | None) -> ObjectMeta:
+        """Like `meta`, but a key with no metadata at all costs one origin request: the GET of
+        slice `first_index` (the first one the response needs), which also carries the
+        metadata, and whose bytes go straight into that slice's fill."""
+        if (
+            first_index is None
+            or key in self._meta
+            or key in self._meta_pending
+            or key in self._missing
+        ):
+            return await self.meta(key)
+        ready: asyncio.Future[ObjectMeta] = asyncio.get_running_loop().create_future()
+        self._meta_pending[key] = ready
+        ready.add_done_callback(lambda _: self._meta_pending.pop(key, None))
+        # Mark an error as seen even if every waiter has gone away meanwhile.
+        ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        self._spawn(self._cold_fetch(key, first_index, ready))
+        return await asyncio.shield(ready)
+
+    async def _cold_fetch(self, key: str, index: int, ready: asyncio.Future[ObjectMeta]) -> None:
+        start = index * self._slice_bytes
+        try:
+            async with self._origin.open_first_range(key, start, start + self._slice_bytes - 1) as (
+                meta,
+                chunks,
+            ):
+                self._missing.pop(key, None)
+                if meta.object_id not in self._versions:
+                    await asyncio.to_thread(self.store.write_meta, meta)
+                    self._versions[meta.object_id] = meta
+                self._meta[key] = _MetaEntry(meta, self._clock())
+                slice_id = SliceId(meta.object_id, index)
+                fill = SliceFill(slice_id, meta, slice_length(index, meta.size, self._slice_bytes))
+                fill.task = asyncio.current_task()
+                self._fills[slice_id] = fill
+                self._metrics.slice_lookups.labels("miss").inc()
+                ready.set_result(meta)
+                await self._run_fill(fill, chunks)
+        except (RangeUnusable, BadGateway, GatewayTimeout):
+            # Not answerable as a range, or failed before the metadata arrived: the HEAD path
+            # (with its bounded retries) decides.
+            if not ready.done():
+                await self._settle(ready, self._revalidate(key))
+        except NotFound as exc:
+            self._missing[key] = self._clock()
+            if not ready.done():
+                ready.set_exception(exc)
+        except EdgeHTTPError as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+
+    @staticmethod
+    async def _settle(
+        ready: asyncio.Future[ObjectMeta], source: Coroutine[Any, Any, ObjectMeta]
+    ) -> None:
+        try:
+            ready.set_result(await source)
+        except EdgeHTTPError as exc:
+            ready.set_exception(exc)
+
     async def _revalidate(self, key: str) -> ObjectMeta:
         previous = self._meta.get(key)
         try:
@@ -362,7 +422,7 @@ class EdgeCache:
         fill.task = self._spawn(self._run_fill(fill))
         return fill
 
-    async def _run_fill(self, fill: SliceFill) -> None:
+    async def _run_fill(self, fill: SliceFill, first: AsyncIterator[bytes] | None = None) -> None:
         slice_id = fill.slice_id
         admission = self.index.reserve(slice_id, fill.length)
         committed = False
@@ -374,7 +434,7 @@ class EdgeCache:
                 await self._evict(admission.evicted)
             if not admission.admitted:
                 self._metrics.uncached_fills.inc()
-            await self._fetch(fill)
+            await self._fetch(fill, first)
             fill.finish()
             if admission.admitted and not fill.discard:
                 fill.storing = True
@@ -403,11 +463,25 @@ class EdgeCache:
             self._metrics.fills_in_flight.dec()
             self._publish()
 
-    async def _fetch(self, fill: SliceFill) -> None:
-        """Fetch the slice, resuming from the last byte received after a transient failure."""
+    async def _fetch(self, fill: SliceFill, first: AsyncIterator[bytes] | None = None) -> None:
+        """Fetch the slice, resuming from the last byte received after a transient failure.
+
+        `first`, when given, is an origin response already open for this slice (a cold GET).
+        """
         start = fill.slice_id.index * self._slice_bytes
         last = start + fill.length - 1
         failures = 0
+        if first is not None:
+            try:
+                async for chunk in first:
+                    fill.feed(chunk)
+            except (BadGateway, GatewayTimeout) as exc:
+                if isinstance(exc, OriginChanged):
+                    raise
+                failures += 1
+                log.warning("origin fetch of %s failed (%s), try %d", fill.slice_id, exc, failures)
+                if failures > self._retries:
+                    raise
         while fill.filled < fill.length:
             try:
                 async with self._origin.open_range(fill.meta, start + fill.filled, last) as chunks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from .errors import BadGateway, GatewayTimeout, NotFound, OriginChanged
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ["ObjectMeta", "Origin", "OriginStats"]
+__all__ = ["ObjectMeta", "Origin", "OriginStats", "RangeUnusable"]
 
 READ_CHUNK = 256 * 1024
 
@@ -71,6 +72,13 @@ class ObjectMeta:
             last_modified=None if data.get("last_modified") is None else int(data["last_modified"]),
             cache_control=data.get("cache_control"),
         )
+
+
+class RangeUnusable(Exception):
+    """The origin cannot answer the range asked for with a 206 (see open_first_range)."""
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
 class EgressRefused(aiohttp.ClientError):
@@ -203,6 +211,59 @@ class Origin:
             self._stats.request("head", "ok", loop.time() - started)
             return meta
         raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def open_first_range(
+        self, key: str, start: int, end: int
+    ) -> AsyncIterator[tuple[ObjectMeta, AsyncIterator[bytes]]]:
+        """GET bytes [start, end] of whatever version `key` has now, learning its metadata from
+        the same response (size from Content-Range): one round trip for a key never seen,
+        where HEAD + GET would take two. Raises `RangeUnusable` when S3 cannot answer that
+        range with a 206 (an empty object, or `start` past its end): then use `head`.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                response = await self.client.get_object(
+                    Bucket=self._settings.bucket, Key=key, Range=f"bytes={start}-{end}"
+                )
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            self._stats.request(
+                "get", "RangeUnusable" if status == 416 else "error", loop.time() - started
+            )
+            if status == 416:
+                raise RangeUnusable() from exc
+            raise _translate(exc) from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = _translate(exc)
+            self._stats.request("get", error.__class__.__name__, loop.time() - started)
+            raise error from exc
+        self._stats.request("get", "ok", loop.time() - started)
+        body = response["Body"]
+        try:
+            match = _CONTENT_RANGE.fullmatch(str(response.get("ContentRange", "")))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status != 206 or match is None or not response.get("ETag"):
+                raise BadGateway("origin_bad_range")
+            first, last, size = (int(g) for g in match.groups())
+            if first != start or last != min(end, size - 1):
+                raise BadGateway("origin_bad_range")
+            last_modified = response.get("LastModified")
+            meta = ObjectMeta(
+                key=key,
+                etag=str(response["ETag"]),
+                size=size,
+                content_type=str(response.get("ContentType") or "application/octet-stream"),
+                last_modified=(
+                    int(last_modified.timestamp()) if isinstance(last_modified, datetime) else None
+                ),
+                cache_control=response.get("CacheControl"),
+            )
+            yield meta, self._chunks(body, last - first + 1)
+        finally:
+            body.close()
 
     @asynccontextmanager
     async def open_range(

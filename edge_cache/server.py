@@ -52,6 +52,18 @@ CORS_REQUEST_HEADERS = frozenset(
 )
 
 
+def _first_slice(range_header: str | None, slice_bytes: int) -> int | None:
+    """The slice a GET's response most likely starts in, before the object's size is known:
+    0 without a Range, that of the first byte of `bytes=N-…`, None for suffix ranges."""
+    if range_header is None:
+        return 0
+    unit, _, specs = range_header.partition("=")
+    first = specs.split(",", 1)[0].strip().partition("-")[0]
+    if unit.strip().lower() != "bytes" or not first.isdigit():
+        return None
+    return int(first) // slice_bytes
+
+
 class CacheOutcome(StrEnum):
     HIT = "hit"  # every slice needed was on disk
     MISS = "miss"  # at least one slice came from the origin (or a fill in flight)
@@ -237,8 +249,16 @@ class PublicHandler:
     ) -> web.StreamResponse:
         # A second try only when the origin replaced the object between our HEAD and the first
         # slice fetch; nothing has been sent by then, so the client sees the new version whole.
+        first_index = (
+            _first_slice(request.headers.get("Range"), self._slice_bytes)
+            if request.method == "GET"
+            else None
+        )
         for attempt in range(2):
-            meta = await self._cache.meta(key)
+            if attempt == 0:
+                meta = await self._cache.meta_for_get(key, first_index)
+            else:
+                meta = await self._cache.meta(key)
             try:
                 return await self._respond(request, meta, exchange)
             except OriginChanged:

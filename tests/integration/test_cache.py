@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 
@@ -48,7 +49,8 @@ async def test_concurrent_misses_cause_one_origin_request_per_slice(
         )
         assert all(body == source[start : end + 1] for body in bodies)
         assert sorted(s.range or "" for s in proxy.gets(KEY)) == sorted(slice_ranges(start, end))
-        assert len(proxy.heads(KEY)) == 1
+        # no HEAD: the first slice's GET carried the object's metadata
+        assert len(proxy.heads(KEY)) == 0
         metrics = live.edge.metrics
         assert metrics.coalesced_waiters._value.get() >= 49
 
@@ -156,7 +158,7 @@ async def test_restart_keeps_the_cache_and_drops_damaged_files(
     async with make_edge() as live:
         assert await fetch(http, signed(live)) == source
         assert len(proxy.gets(KEY)) == 6  # every byte came from disk
-        assert len(proxy.heads(KEY)) == 2  # metadata revalidated once after the restart
+        assert len(proxy.heads(KEY)) == 1  # metadata revalidated once after the restart
 
     # Damage the cache while the edge is down: a truncated slice, tmp debris, a stray file.
     slices = sorted(cache_files(cache_dir), key=lambda p: int(p.name.rsplit(".", 1)[1]))
@@ -232,3 +234,34 @@ async def test_revalidation_drops_old_version_files(
         remaining = set(cache_files(live.edge.settings.cache_dir))
         assert not (old_files & remaining)
         assert len(remaining) == 2
+
+
+async def test_a_cold_key_costs_one_origin_request(
+    make_edge: EdgeFactory, bucket: Bucket, proxy: FaultProxy, http: aiohttp.ClientSession
+) -> None:
+    """The first slice's GET carries the metadata, so a cold request needs no HEAD before it."""
+    source = random_bytes(3 * SLICE + 5)
+    await bucket.put(KEY, source)
+    await bucket.put("assets/a1/empty.bin", b"")
+    await bucket.put("assets/a1/tail.bin", source)
+    async with make_edge() as live:
+        start = SLICE + 7
+        async with http.get(signed(live), headers={"Range": f"bytes={start}-{start + 99}"}) as r:
+            assert r.status == 206
+            assert r.headers["Content-Range"] == f"bytes {start}-{start + 99}/{len(source)}"
+            assert r.headers["ETag"] == f'"{hashlib.md5(source).hexdigest()}"'  # noqa: S324
+            assert await r.read() == source[start : start + 100]
+        assert [s.range for s in proxy.seen] == [f"bytes={SLICE}-{2 * SLICE - 1}"]
+        # a suffix range needs the size first: HEAD, then the slice
+        async with http.get(
+            signed(live, "assets/a1/tail.bin"), headers={"Range": "bytes=-10"}
+        ) as r:
+            assert await r.read() == source[-10:]
+        assert len(proxy.heads("tail.bin")) == 1
+        # an empty object cannot answer a range: the HEAD path serves it
+        async with http.get(signed(live, "assets/a1/empty.bin")) as r:
+            assert (r.status, await r.read()) == (200, b"")
+        # HEAD requests never fetch bytes
+        async with http.head(signed(live, "assets/a1/other.bin")) as r:
+            assert r.status == 404
+        assert proxy.gets("other.bin") == []
