@@ -276,9 +276,8 @@ class EdgeCache:
                 chunks,
             ):
                 self._missing.pop(key, None)
-                if meta.object_id not in self._versions:
-                    await asyncio.to_thread(self.store.write_meta, meta)
-                    self._versions[meta.object_id] = meta
+                new_version = meta.object_id not in self._versions
+                self._versions[meta.object_id] = meta
                 self._meta[key] = _MetaEntry(meta, self._clock())
                 slice_id = SliceId(meta.object_id, index)
                 fill = SliceFill(slice_id, meta, slice_length(index, meta.size, self._slice_bytes))
@@ -287,6 +286,10 @@ class EdgeCache:
                 self._metrics.slice_lookups.labels("miss").inc()
                 ready.set_result(meta)
                 await self._run_fill(fill, chunks)
+            # Written after the first slice, off the path to the first byte: a slice that finds
+            # no meta file at start-up is deleted, so the order is safe across a crash.
+            if new_version and self._versions.get(meta.object_id) is meta:
+                await asyncio.to_thread(self.store.write_meta, meta)
         except (RangeUnusable, BadGateway, GatewayTimeout):
             # Not answerable as a range, or failed before the metadata arrived: the HEAD path
             # (with its bounded retries) decides.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
 __all__ = ["ObjectMeta", "Origin", "OriginStats", "RangeUnusable"]
+
+log = logging.getLogger("edge_cache.origin")
 
 READ_CHUNK = 256 * 1024
 
@@ -178,6 +181,23 @@ class Origin:
         self._client = await self._stack.enter_async_context(
             session.client("s3", endpoint_url=self._settings.endpoint, config=config)
         )
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """One HeadBucket at start-up: botocore loads the S3 model and resolves the endpoint on
+        a client's first call (about 100 ms), and a pooled connection gets opened, so the first
+        player request does not pay for either. A failure is logged, not fatal: the origin may
+        be briefly away, and requests will say so."""
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                await self.client.head_bucket(Bucket=self._settings.bucket)
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning(
+                "origin %s bucket %s not reachable at start-up: %s",
+                self._settings.endpoint,
+                self._settings.bucket,
+                exc,
+            )
 
     async def close(self) -> None:
         await self._stack.aclose()

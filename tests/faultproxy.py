@@ -8,6 +8,7 @@ It exists because a real S3 server cannot be made to stall or break on cue.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,11 +33,13 @@ class Fault:
     gate: asyncio.Event | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Seen:
     method: str
     path: str
     range: str | None
+    started: float = 0.0  # time.perf_counter() when the request arrived
+    answered: float = 0.0  # ... when the origin's response headers came back
 
 
 class FaultProxy:
@@ -82,7 +85,8 @@ class FaultProxy:
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append(Seen(request.method, request.path, request.headers.get("Range")))
+        seen = Seen(request.method, request.path, request.headers.get("Range"), time.perf_counter())
+        self.seen.append(seen)
         fault = self._fault_for(request)
         if fault is not None and fault.stall_s:
             await asyncio.sleep(fault.stall_s)
@@ -97,6 +101,7 @@ class FaultProxy:
             data=await request.read(),
             allow_redirects=False,
         ) as upstream:
+            seen.answered = time.perf_counter()
             response = web.StreamResponse(status=upstream.status)
             for name, value in upstream.headers.items():
                 if name.lower() not in HOP_HEADERS:
