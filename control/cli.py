@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from edge_cache.cli import configure_logging
+from edge_cache.cli import configure_logging, run_command
 from edge_cache.errors import ConfigError
 
 from .config import ControlSettings
@@ -72,12 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args))
-    except ConfigError as exc:
-        print(f"control: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -7,32 +7,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from edge_cache.config import env_int, env_required, storage_endpoint
 from edge_cache.errors import ConfigError
 from edge_cache.signing import KeyRing
 
 __all__ = ["ApiKey", "ControlSettings", "StorageSettings", "parse_api_keys"]
 
 _GIB = 1 << 30
-
-
-def _int(env: Mapping[str, str], variable: str, default: int, low: int, high: int) -> int:
-    raw = env.get(variable, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{variable}: {raw!r} is not an integer") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{variable}: {value} is outside {low}..{high}")
-    return value
-
-
-def _required(env: Mapping[str, str], variable: str) -> str:
-    value = env.get(variable, "").strip()
-    if not value:
-        raise ConfigError(f"{variable} must be set")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +55,14 @@ class StorageSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StorageSettings:
-        endpoint = _required(env, "WASABI_ENDPOINT")
-        if not re.fullmatch(r"https?://[^/?#@\s]+/?", endpoint):
-            raise ConfigError(f"WASABI_ENDPOINT: {endpoint!r} must be a scheme and host")
         return cls(
-            endpoint=endpoint.rstrip("/"),
+            endpoint=storage_endpoint(env),
             region=env.get("WASABI_REGION", "").strip() or "us-east-1",
-            access_key_id=_required(env, "WASABI_ACCESS_KEY_ID"),
-            secret_access_key=_required(env, "WASABI_SECRET_ACCESS_KEY"),
-            bucket_staging=_required(env, "WASABI_BUCKET_STAGING"),
-            bucket_masters=_required(env, "WASABI_BUCKET_MASTERS"),
-            bucket_previews=_required(env, "WASABI_BUCKET_PREVIEWS"),
+            access_key_id=env_required(env, "WASABI_ACCESS_KEY_ID"),
+            secret_access_key=env_required(env, "WASABI_SECRET_ACCESS_KEY"),
+            bucket_staging=env_required(env, "WASABI_BUCKET_STAGING"),
+            bucket_masters=env_required(env, "WASABI_BUCKET_MASTERS"),
+            bucket_previews=env_required(env, "WASABI_BUCKET_PREVIEWS"),
         )
 
 
@@ -124,7 +102,7 @@ class ControlSettings:
             raise ConfigError("REDIS_URL (or VALKEY_URL) must be set")
         if not re.match(r"(redis|rediss|unix)://", redis_url):
             raise ConfigError("REDIS_URL: must start with redis://, rediss:// or unix://")
-        postgres_url = _required(env, "POSTGRES_URL")
+        postgres_url = env_required(env, "POSTGRES_URL")
         if not re.match(r"postgres(ql)?://", postgres_url):
             raise ConfigError("POSTGRES_URL: must start with postgresql://")
         edge_base = env.get("EDGE_PUBLIC_BASE", "").strip().rstrip("/") or None
@@ -132,11 +110,11 @@ class ControlSettings:
             raise ConfigError(f"EDGE_PUBLIC_BASE: {edge_base!r} is not an http(s) URL")
         # Keys are needed only to sign edge URLs; without an edge, playback is presigned storage.
         edge_keys = KeyRing.from_env(env) if edge_base is not None else None
-        ttl_max = _int(env, "PLAYBACK_TTL_MAX_S", 86_400, 60, 30 * 86_400)
+        ttl_max = env_int(env, "PLAYBACK_TTL_MAX_S", 86_400, 60, 30 * 86_400)
         limits = {
             name: Limit(
-                _int(env, f"{prefix}_MAX", default_max, 0, 10**9),
-                _int(env, f"{prefix}_WINDOW", 60, 1, 86_400),
+                env_int(env, f"{prefix}_MAX", default_max, 0, 10**9),
+                env_int(env, f"{prefix}_WINDOW", 60, 1, 86_400),
             )
             for name, prefix, default_max in (
                 ("global", "RATE_LIMIT", 600),
@@ -161,14 +139,14 @@ class ControlSettings:
             global_limit=limits["global"],
             presign_limit=limits["presign"],
             promote_limit=limits["promote"],
-            upload_max_bytes=_int(env, "UPLOAD_MAX_BYTES", 50 * _GIB, 1, 5 << 40),
-            upload_url_ttl_s=_int(env, "UPLOAD_URL_TTL_S", 3600, 60, 7 * 86_400),
-            multipart_part_bytes=_int(env, "UPLOAD_PART_BYTES", 64 << 20, 5 << 20, 5 * _GIB),
-            copy_multipart_threshold=_int(
+            upload_max_bytes=env_int(env, "UPLOAD_MAX_BYTES", 50 * _GIB, 1, 5 << 40),
+            upload_url_ttl_s=env_int(env, "UPLOAD_URL_TTL_S", 3600, 60, 7 * 86_400),
+            multipart_part_bytes=env_int(env, "UPLOAD_PART_BYTES", 64 << 20, 5 << 20, 5 * _GIB),
+            copy_multipart_threshold=env_int(
                 env, "COPY_MULTIPART_THRESHOLD", 5 * _GIB, 5 << 20, 5 * _GIB
             ),
-            copy_part_bytes=_int(env, "COPY_PART_BYTES", 512 << 20, 5 << 20, 5 * _GIB),
+            copy_part_bytes=env_int(env, "COPY_PART_BYTES", 512 << 20, 5 << 20, 5 * _GIB),
             playback_ttl_default_s=min(3600, ttl_max),
             playback_ttl_max_s=ttl_max,
-            max_body_bytes=_int(env, "CONTROL_MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20),
+            max_body_bytes=env_int(env, "CONTROL_MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20),
         )

@@ -145,19 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse and run a subcommand; configuration errors become one line and exit status 2."""
+    args = parser.parse_args(argv)
     try:
         return int(args.run(args))
     except ConfigError as exc:
-        print(f"edge-cache: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(
-            f"edge-cache: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "),
-            file=sys.stderr,
-        )
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{parser.prog}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,16 @@ from .clientip import IPNetwork, parse_networks
 from .errors import ConfigError
 from .signing import KeyRing
 
-__all__ = ["EdgeSettings", "OriginSettings", "parse_listen", "parse_size", "read_env_file"]
+__all__ = [
+    "EdgeSettings",
+    "OriginSettings",
+    "env_int",
+    "env_required",
+    "parse_listen",
+    "parse_size",
+    "read_env_file",
+    "storage_endpoint",
+]
 
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -34,7 +43,8 @@ def parse_listen(variable: str, raw: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _int(env: Mapping[str, str], variable: str, default: int, low: int, high: int) -> int:
+def env_int(env: Mapping[str, str], variable: str, default: int, low: int, high: int) -> int:
+    """An integer variable within [low, high], or `default` when unset."""
     raw = env.get(variable, "").strip()
     if not raw:
         return default
@@ -47,7 +57,8 @@ def _int(env: Mapping[str, str], variable: str, default: int, low: int, high: in
     return value
 
 
-def _required(env: Mapping[str, str], variable: str) -> str:
+def env_required(env: Mapping[str, str], variable: str) -> str:
+    """A variable that must be set (surrounding spaces removed)."""
     value = env.get(variable, "").strip()
     if not value:
         raise ConfigError(f"{variable} must be set")
@@ -59,6 +70,16 @@ def _size(env: Mapping[str, str], variable: str, default: str, low: int) -> int:
     if value < low:
         raise ConfigError(f"{variable}: must be at least {low} bytes")
     return value
+
+
+def storage_endpoint(env: Mapping[str, str]) -> str:
+    """WASABI_ENDPOINT: a scheme and a host, nothing else (no bucket, path or credentials)."""
+    endpoint = env_required(env, "WASABI_ENDPOINT")
+    if not re.fullmatch(r"https?://[^/?#@\s]+/?", endpoint):
+        raise ConfigError(
+            f"WASABI_ENDPOINT: {endpoint!r} must be a scheme and host, like https://s3.wasabisys.com"
+        )
+    return endpoint.rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,19 +96,14 @@ class OriginSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OriginSettings:
-        endpoint = _required(env, "WASABI_ENDPOINT")
-        if not re.fullmatch(r"https?://[^/?#@\s]+/?", endpoint):
-            raise ConfigError(
-                f"WASABI_ENDPOINT: {endpoint!r} must be a scheme and host, like https://s3.wasabisys.com"
-            )
         return cls(
-            endpoint=endpoint.rstrip("/"),
+            endpoint=storage_endpoint(env),
             region=env.get("WASABI_REGION", "").strip() or "us-east-1",
-            access_key_id=_required(env, "WASABI_ACCESS_KEY_ID"),
-            secret_access_key=_required(env, "WASABI_SECRET_ACCESS_KEY"),
-            bucket=_required(env, "WASABI_BUCKET_PREVIEWS"),
-            timeout_s=_int(env, "FETCH_TIMEOUT_MS", 10_000, 50, 600_000) / 1000,
-            retries=_int(env, "EDGE_ORIGIN_RETRIES", 2, 0, 10),
+            access_key_id=env_required(env, "WASABI_ACCESS_KEY_ID"),
+            secret_access_key=env_required(env, "WASABI_SECRET_ACCESS_KEY"),
+            bucket=env_required(env, "WASABI_BUCKET_PREVIEWS"),
+            timeout_s=env_int(env, "FETCH_TIMEOUT_MS", 10_000, 50, 600_000) / 1000,
+            retries=env_int(env, "EDGE_ORIGIN_RETRIES", 2, 0, 10),
         )
 
 
@@ -140,23 +156,23 @@ class EdgeSettings:
                 "EDGE_ADMIN_LISTEN", env.get("EDGE_ADMIN_LISTEN", "") or "127.0.0.1:9090"
             ),
             keys=KeyRing.from_env(env),
-            clock_skew_s=_int(env, "EDGE_CLOCK_SKEW_S", 30, 0, 3600),
+            clock_skew_s=env_int(env, "EDGE_CLOCK_SKEW_S", 30, 0, 3600),
             trusted_proxies=trusted,
             cache_dir=Path(env.get("EDGE_CACHE_DIR", "").strip() or "var/edge-cache"),
             cache_max_bytes=cache_max,
             slice_bytes=slice_bytes,
             admin_token=admin_token,
             allowed_origins=origins,
-            rate_limit_max=_int(env, "RATE_LIMIT_MAX", 600, 0, 10**9),
-            rate_limit_window_s=_int(env, "RATE_LIMIT_WINDOW", 60, 1, 86_400),
+            rate_limit_max=env_int(env, "RATE_LIMIT_MAX", 600, 0, 10**9),
+            rate_limit_window_s=env_int(env, "RATE_LIMIT_WINDOW", 60, 1, 86_400),
             redis_url=env.get("REDIS_URL", "").strip() or None,
             origin=OriginSettings.from_env(env),
-            meta_ttl_s=_int(env, "EDGE_META_TTL_S", 60, 0, 86_400),
-            negative_ttl_s=_int(env, "EDGE_NEGATIVE_TTL_S", 10, 0, 3600),
-            max_ranges=_int(env, "EDGE_MAX_RANGES", 16, 1, 1000),
+            meta_ttl_s=env_int(env, "EDGE_META_TTL_S", 60, 0, 86_400),
+            negative_ttl_s=env_int(env, "EDGE_NEGATIVE_TTL_S", 10, 0, 3600),
+            max_ranges=env_int(env, "EDGE_MAX_RANGES", 16, 1, 1000),
             prefetch_max_bytes=_size(env, "EDGE_PREFETCH_MAX_BYTES", "256M", 0),
-            drain_grace_s=_int(env, "EDGE_DRAIN_GRACE_MS", 1000, 0, 600_000) / 1000,
-            shutdown_timeout_s=_int(env, "EDGE_SHUTDOWN_TIMEOUT_S", 30, 0, 3600),
+            drain_grace_s=env_int(env, "EDGE_DRAIN_GRACE_MS", 1000, 0, 600_000) / 1000,
+            shutdown_timeout_s=env_int(env, "EDGE_SHUTDOWN_TIMEOUT_S", 30, 0, 3600),
         )
 
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from edge_cache.cli import configure_logging
+from edge_cache.cli import configure_logging, run_command
 from edge_cache.errors import ConfigError
 
 from .config import WorkerSettings
@@ -57,12 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args))
-    except ConfigError as exc:
-        print(f"transcoder: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from edge_cache.config import env_int, env_required, storage_endpoint
 from edge_cache.errors import ConfigError
 
 __all__ = ["GpuMode", "WorkerSettings"]
@@ -20,22 +20,6 @@ class GpuMode(Enum):
     AUTO = "auto"  # NVENC when a one-frame test encode works, else the CPU
     OFF = "off"
     REQUIRE = "require"  # refuse to start without NVENC
-
-
-def _int(env: Mapping[str, str], variable: str, default: int, low: int, high: int) -> int:
-    raw = env.get(variable, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ConfigError(f"{variable}: {raw!r} is not an integer in {low}..{high}")
-    return int(raw)
-
-
-def _required(env: Mapping[str, str], variable: str) -> str:
-    value = env.get(variable, "").strip()
-    if not value:
-        raise ConfigError(f"{variable} must be set")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +46,8 @@ class WorkerSettings:
         redis_url = (env.get("REDIS_URL", "") or env.get("VALKEY_URL", "")).strip()
         if not redis_url:
             raise ConfigError("REDIS_URL (or VALKEY_URL) must be set")
-        postgres_url = _required(env, "POSTGRES_URL")
-        endpoint = _required(env, "WASABI_ENDPOINT")
-        if not re.fullmatch(r"https?://[^/?#@\s]+/?", endpoint):
-            raise ConfigError(f"WASABI_ENDPOINT: {endpoint!r} must be a scheme and host")
+        postgres_url = env_required(env, "POSTGRES_URL")
+        endpoint = storage_endpoint(env)
         ffmpeg = env.get("FFMPEG_BIN", "").strip() or "ffmpeg"
         ffmpeg_path = shutil.which(ffmpeg)
         if ffmpeg_path is None:
@@ -82,10 +64,10 @@ class WorkerSettings:
         return cls(
             redis_url=redis_url,
             postgres_url=postgres_url,
-            endpoint=endpoint.rstrip("/"),
+            endpoint=endpoint,
             region=env.get("WASABI_REGION", "").strip() or "us-east-1",
-            access_key_id=_required(env, "WASABI_ACCESS_KEY_ID"),
-            secret_access_key=_required(env, "WASABI_SECRET_ACCESS_KEY"),
+            access_key_id=env_required(env, "WASABI_ACCESS_KEY_ID"),
+            secret_access_key=env_required(env, "WASABI_SECRET_ACCESS_KEY"),
             ffmpeg=ffmpeg_path,
             ffprobe=ffprobe,
             gpu=gpu,
@@ -94,7 +76,7 @@ class WorkerSettings:
             consumer=env.get("TRANSCODER_CONSUMER", "").strip()
             or f"{socket.gethostname()}-{os.getpid()}",
             work_dir=Path(env.get("TRANSCODER_WORK_DIR", "").strip() or "/tmp"),  # noqa: S108
-            job_timeout_s=_int(env, "TRANSCODER_JOB_TIMEOUT_S", 3600, 10, 86_400),
-            claim_idle_s=_int(env, "TRANSCODER_CLAIM_IDLE_S", 120, 1, 86_400),
-            max_deliveries=_int(env, "TRANSCODER_MAX_DELIVERIES", 3, 1, 100),
+            job_timeout_s=env_int(env, "TRANSCODER_JOB_TIMEOUT_S", 3600, 10, 86_400),
+            claim_idle_s=env_int(env, "TRANSCODER_CLAIM_IDLE_S", 120, 1, 86_400),
+            max_deliveries=env_int(env, "TRANSCODER_MAX_DELIVERIES", 3, 1, 100),
         )

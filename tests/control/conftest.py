@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aioboto3
@@ -22,6 +23,8 @@ from prometheus_client import CollectorRegistry
 from control.app import create_app
 from control.config import ControlSettings
 from control.services import Services
+from edge_cache.app import Edge
+from edge_cache.config import EdgeSettings
 
 ADMIN_DB_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -103,6 +106,24 @@ def control_env(database_url: str, buckets: Buckets, **overrides: str) -> dict[s
     }
     env.update(overrides)
     return {k: v for k, v in env.items() if v != ""}
+
+
+def previews_edge(buckets: Buckets, cache_dir: Path, **overrides: str) -> Edge:
+    """An edge in front of the previews bucket, signing with the control plane's edge key."""
+    env = {
+        "WASABI_ENDPOINT": buckets.endpoint,
+        "WASABI_ACCESS_KEY_ID": "test",
+        "WASABI_SECRET_ACCESS_KEY": "test",
+        "WASABI_BUCKET_PREVIEWS": buckets.previews,
+        "EDGE_SIGNING_KEY": EDGE_KEY,
+        "EDGE_LISTEN": "127.0.0.1:0",
+        "EDGE_ADMIN_LISTEN": "127.0.0.1:0",
+        "EDGE_CACHE_DIR": str(cache_dir),
+        "EDGE_DRAIN_GRACE_MS": "0",
+        "RATE_LIMIT_MAX": "0",
+        **overrides,
+    }
+    return Edge(EdgeSettings.from_env(env), registry=CollectorRegistry())
 
 
 @dataclass

@@ -14,14 +14,19 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
 
 from control import db
 from control.jobs import stream_for
-from edge_cache.app import Edge, running
-from edge_cache.config import EdgeSettings
+from edge_cache.app import running
 from tests.conftest import random_bytes
-from tests.control.conftest import EDGE_KEY, REDIS_URL, Buckets, ControlFactory, LiveControl
+from tests.control.conftest import (
+    EDGE_KEY,
+    REDIS_URL,
+    Buckets,
+    ControlFactory,
+    LiveControl,
+    previews_edge,
+)
 
 
 async def upload(
@@ -151,19 +156,7 @@ async def test_upload_promote_job_progress_and_edge_playback(
         assert claims["acl"] == f"/assets/{asset_id}/preview.mp4"
 
     # The URLs the control plane signed are accepted by a real edge with the same key.
-    edge_env = {
-        "WASABI_ENDPOINT": buckets.endpoint,
-        "WASABI_ACCESS_KEY_ID": "test",
-        "WASABI_SECRET_ACCESS_KEY": "test",
-        "WASABI_BUCKET_PREVIEWS": buckets.previews,
-        "EDGE_SIGNING_KEY": EDGE_KEY,
-        "EDGE_LISTEN": "127.0.0.1:0",
-        "EDGE_ADMIN_LISTEN": "127.0.0.1:0",
-        "EDGE_CACHE_DIR": str(tmp_path / "edge"),
-        "EDGE_DRAIN_GRACE_MS": "0",
-        "RATE_LIMIT_MAX": "0",
-    }
-    edge = Edge(EdgeSettings.from_env(edge_env), registry=CollectorRegistry())
+    edge = previews_edge(buckets, tmp_path / "edge")
     async with running(edge) as live_edge, aiohttp.ClientSession() as plain:
         for field, expected in (("mp4", preview), ("hls", b"#EXTM3U\n")):
             url = playback[field].replace("http://edge.invalid", live_edge.public_url)
@@ -295,20 +288,7 @@ async def test_multipart_upload_and_multipart_copy(
 async def test_delete_removes_objects_and_purges_the_edge(
     make_control: ControlFactory, api: aiohttp.ClientSession, buckets: Buckets, tmp_path: Path
 ) -> None:
-    edge_env = {
-        "WASABI_ENDPOINT": buckets.endpoint,
-        "WASABI_ACCESS_KEY_ID": "test",
-        "WASABI_SECRET_ACCESS_KEY": "test",
-        "WASABI_BUCKET_PREVIEWS": buckets.previews,
-        "EDGE_SIGNING_KEY": EDGE_KEY,
-        "EDGE_ADMIN_TOKEN": "edge-admin-token-for-tests",
-        "EDGE_LISTEN": "127.0.0.1:0",
-        "EDGE_ADMIN_LISTEN": "127.0.0.1:0",
-        "EDGE_CACHE_DIR": str(tmp_path / "edge"),
-        "EDGE_DRAIN_GRACE_MS": "0",
-        "RATE_LIMIT_MAX": "0",
-    }
-    edge = Edge(EdgeSettings.from_env(edge_env), registry=CollectorRegistry())
+    edge = previews_edge(buckets, tmp_path / "edge", EDGE_ADMIN_TOKEN="edge-admin-token-for-tests")
     async with (
         running(edge) as live_edge,
         make_control(

@@ -13,12 +13,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
 
 from control import db
-from edge_cache.app import Edge, running
-from edge_cache.config import EdgeSettings
-from tests.control.conftest import EDGE_KEY, REDIS_URL, Buckets, ControlFactory, LiveControl
+from edge_cache.app import running
+from tests.control.conftest import (
+    EDGE_KEY,
+    REDIS_URL,
+    Buckets,
+    ControlFactory,
+    LiveControl,
+    previews_edge,
+)
 from tests.control.test_flow import upload
 from transcoder.config import WorkerSettings
 from transcoder.ffmpeg import Encoder
@@ -99,20 +104,7 @@ async def test_a_real_video_becomes_a_preview_set_served_by_the_edge(
     buckets: Buckets,
     tmp_path: Path,
 ) -> None:
-    edge_env = {
-        "WASABI_ENDPOINT": buckets.endpoint,
-        "WASABI_ACCESS_KEY_ID": "test",
-        "WASABI_SECRET_ACCESS_KEY": "test",
-        "WASABI_BUCKET_PREVIEWS": buckets.previews,
-        "EDGE_SIGNING_KEY": EDGE_KEY,
-        "EDGE_ADMIN_TOKEN": "edge-admin-token-for-tests",
-        "EDGE_LISTEN": "127.0.0.1:0",
-        "EDGE_ADMIN_LISTEN": "127.0.0.1:0",
-        "EDGE_CACHE_DIR": str(tmp_path / "edge"),
-        "EDGE_DRAIN_GRACE_MS": "0",
-        "RATE_LIMIT_MAX": "0",
-    }
-    edge = Edge(EdgeSettings.from_env(edge_env), registry=CollectorRegistry())
+    edge = previews_edge(buckets, tmp_path / "edge", EDGE_ADMIN_TOKEN="edge-admin-token-for-tests")
     async with (
         running(edge) as live_edge,
         make_control(EDGE_PUBLIC_BASE=live_edge.public_url, EDGE_SIGNING_KEY=EDGE_KEY) as live,
