@@ -58,6 +58,11 @@ class Probe:
     has_audio: bool
 
 
+def _ffmpeg(ffmpeg: str) -> list[str]:
+    """The start every ffmpeg command line shares: quiet, no stdin, overwrite outputs."""
+    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y"]
+
+
 def probe_args(ffprobe: str, source: str) -> list[str]:
     return [
         ffprobe,
@@ -115,7 +120,7 @@ def nvenc_probe_args(ffmpeg: str) -> list[str]:
 
 def proxy_args(ffmpeg: str, source: str, target: str, probe: Probe, encoder: Encoder) -> list[str]:
     """The MP4 proxy, with `-progress` on stdout for the worker to follow."""
-    args = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y"]
+    args = _ffmpeg(ffmpeg)
     if encoder is Encoder.NVENC:
         # Decode, scale and encode on the GPU: frames never cross PCIe as raw pictures.
         args += ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda", "-i", source]
@@ -136,12 +141,7 @@ def proxy_args(ffmpeg: str, source: str, target: str, probe: Probe, encoder: Enc
 def hls_args(ffmpeg: str, proxy: str, playlist: str, segment_pattern: str) -> list[str]:
     """Cut the proxy into HLS segments without re-encoding (its keyframes fall every 2 s)."""
     return [
-        ffmpeg,
-        "-hide_banner",
-        "-nostdin",
-        "-v",
-        "error",
-        "-y",
+        *_ffmpeg(ffmpeg),
         "-i",
         proxy,
         "-c",
@@ -161,12 +161,7 @@ def hls_args(ffmpeg: str, proxy: str, playlist: str, segment_pattern: str) -> li
 def poster_args(ffmpeg: str, source: str, target: str, probe: Probe) -> list[str]:
     at = min(1.0, probe.duration_s / 10)
     return [
-        ffmpeg,
-        "-hide_banner",
-        "-nostdin",
-        "-v",
-        "error",
-        "-y",
+        *_ffmpeg(ffmpeg),
         "-ss",
         f"{at:.3f}",
         "-i",
@@ -204,12 +199,7 @@ def sprite_args(ffmpeg: str, source: str, target: str, layout: SpriteLayout) -> 
     tiles = f"tile={layout.columns}x{layout.rows}"
     scale = f"scale={layout.thumb_width}:{layout.thumb_height}"
     return [
-        ffmpeg,
-        "-hide_banner",
-        "-nostdin",
-        "-v",
-        "error",
-        "-y",
+        *_ffmpeg(ffmpeg),
         "-i",
         source,
         "-vf",
