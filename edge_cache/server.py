@@ -46,6 +46,7 @@ __all__ = ["CacheOutcome", "PublicHandler", "ServerState"]
 access_log = logging.getLogger("edge_cache.access")
 
 ALLOW = "GET, HEAD, OPTIONS"
+SERVER = "edge-cache"
 EXPOSED_HEADERS = "Content-Range, Content-Length, Accept-Ranges, ETag"
 CORS_REQUEST_HEADERS = frozenset(
     ["range", "if-range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since"]
@@ -166,13 +167,15 @@ class PublicHandler:
         raw = request.raw_path
         if raw == "/healthz" and method in ("GET", "HEAD"):
             if self._state.draining:
-                return web.Response(status=503, text="draining\n")
-            return web.Response(text="ok\n")
+                return web.Response(status=503, text="draining\n", headers={"Server": SERVER})
+            return web.Response(text="ok\n", headers={"Server": SERVER})
         if method == "OPTIONS":
             return self._options(request)
         if method not in ("GET", "HEAD"):
             exchange.status = 405
-            return web.Response(status=405, text="method_not_allowed\n", headers={"Allow": ALLOW})
+            return web.Response(
+                status=405, text="method_not_allowed\n", headers={"Allow": ALLOW, "Server": SERVER}
+            )
         target = parse_target(raw)
         exchange.path = target.object_path
         client_ip = resolve_client_ip(
@@ -201,7 +204,9 @@ class PublicHandler:
         return origin is not None and (self._any_origin or origin in self._origins)
 
     def _cors(self, request: web.BaseRequest) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict()
+        # Every answer starts here; it also names the server as the fast path does (aiohttp's
+        # default would advertise Python and aiohttp versions).
+        headers: CIMultiDict[str] = CIMultiDict(Server=SERVER)
         if not self._origins:
             return headers
         origin = request.headers.get("Origin")
@@ -215,12 +220,12 @@ class PublicHandler:
     def _options(self, request: web.BaseRequest) -> web.Response:
         wanted_method = request.headers.get("Access-Control-Request-Method")
         if wanted_method is None:
-            return web.Response(status=204, headers={"Allow": ALLOW})
+            return web.Response(status=204, headers={"Allow": ALLOW, "Server": SERVER})
         if not self._origin_allowed(request.headers.get("Origin")) or wanted_method not in (
             "GET",
             "HEAD",
         ):
-            return web.Response(status=403, text="cors\n")
+            return web.Response(status=403, text="cors\n", headers={"Server": SERVER})
         asked = request.headers.get("Access-Control-Request-Headers", "")
         granted = [h.strip() for h in asked.split(",") if h.strip().lower() in CORS_REQUEST_HEADERS]
         headers = self._cors(request)

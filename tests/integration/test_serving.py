@@ -52,10 +52,12 @@ async def test_full_and_ranged_reads_are_byte_exact(
             assert response.headers["Content-Type"] == "video/mp4"
             assert response.headers["Accept-Ranges"] == "bytes"
             assert response.headers["X-Cache"] == "MISS"
+            assert response.headers["Server"] == "edge-cache"  # no framework versions
             assert parse_http_date(response.headers["Last-Modified"]) is not None
         await live.edge.cache.settled()
         async with http.get(url) as response:
             assert response.headers["X-Cache"] == "HIT"
+            assert response.headers["Server"] == "edge-cache"
             assert await response.read() == source
         rng = random.Random(5)
         for _ in range(40):
@@ -173,6 +175,7 @@ async def test_methods_health_and_cors(
         url = signed(live, KEY)
         async with http.post(url) as response:
             assert response.status == 405
+            assert response.headers["Server"] == "edge-cache"
             assert "GET" in response.headers["Allow"]
         async with http.delete(url) as response:
             assert response.status == 405
