@@ -76,6 +76,13 @@ def _asset_out(row: db.AssetRow) -> AssetOut:
     )
 
 
+def _multipart_in_progress(row: db.AssetRow) -> str:
+    """The asset's open multipart upload id; 409 when there is none."""
+    if row.upload_id is None or row.status != "uploading":
+        raise _conflict("no multipart upload in progress for this asset")
+    return row.upload_id
+
+
 async def _owned_asset(
     services: Services, request: Request[Any, Any, Any], asset_id: uuid.UUID
 ) -> db.AssetRow:
@@ -194,14 +201,13 @@ async def complete_upload(
 ) -> AssetOut:
     services: Services = request.app.state.services
     row = await _owned_asset(services, request, asset_id)
-    if row.upload_id is None or row.status != "uploading":
-        raise _conflict("no multipart upload in progress for this asset")
+    upload_id = _multipart_in_progress(row)
     numbers = [p.part_number for p in data.parts]
     if len(set(numbers)) != len(numbers):
         raise ApiError(status_code=400, detail="part numbers must be unique")
     try:
         await services.storage.complete_multipart(
-            row.staging_key, row.upload_id, [(p.part_number, p.etag) for p in data.parts]
+            row.staging_key, upload_id, [(p.part_number, p.etag) for p in data.parts]
         )
         head = await services.storage.head_staged(row.staging_key)
     except ObjectMissing as exc:
@@ -225,10 +231,9 @@ async def complete_upload(
 async def abort_upload(request: Request[Any, Any, Any], asset_id: FromPath[uuid.UUID]) -> AssetOut:
     services: Services = request.app.state.services
     row = await _owned_asset(services, request, asset_id)
-    if row.upload_id is None or row.status != "uploading":
-        raise _conflict("no multipart upload in progress for this asset")
+    upload_id = _multipart_in_progress(row)
     try:
-        await services.storage.abort_multipart(row.staging_key, row.upload_id)
+        await services.storage.abort_multipart(row.staging_key, upload_id)
     except ObjectMissing:
         pass  # already gone: the goal is reached
     except StorageError as exc:

@@ -38,7 +38,7 @@ from .ratelimit import WindowLimiter
 from .server import EXPOSED_HEADERS, ServerState
 from .signing import Verifier
 from .slicing import slice_pieces
-from .transmit import SocketSink
+from .transmit import SocketSink, transport_drained
 
 __all__ = ["FastPath", "FastPathProtocol", "parse_head"]
 
@@ -223,16 +223,19 @@ class FastPath:
         byte_range, status = self._range(head.headers.get(b"range"), meta.size)
         if status == 0:
             return None  # multipart, 416, empty objects: the full handler
+        pieces = slice_pieces(byte_range.start, byte_range.end, self._slice_bytes)
         opened: list[Piece] = []
-        for piece in slice_pieces(byte_range.start, byte_range.end, self._slice_bytes):
-            fd = self._cache.cached_fd(SliceId(meta.object_id, piece.index))
-            if fd is None:
-                return None  # not on disk: the full handler fetches it
-            opened.append((fd, piece.start, piece.length))
+        if head.method == b"HEAD":  # no bytes to send: residency is all a HEAD needs to know
+            if not all(self._cache.is_resident(SliceId(meta.object_id, p.index)) for p in pieces):
+                return None
+        else:
+            for piece in pieces:
+                fd = self._cache.cached_fd(SliceId(meta.object_id, piece.index))
+                if fd is None:
+                    return None  # not on disk: the full handler fetches it
+                opened.append((fd, piece.start, piece.length))
         if self._limiter is not None and self._limiter.hit(client, now) is not None:
             return None  # the full handler answers 429 (and counts it)
-        if head.method == b"HEAD":
-            opened = []
         self._pending_lookups += len(opened)
         lines = [
             STATUS_LINE[status],
@@ -457,10 +460,7 @@ class FastPathProtocol(asyncio.Protocol):
         transport.pause_reading()
         sink = None
         try:
-            while transport.get_write_buffer_size() > 0:  # only when we found it non-empty
-                if transport.is_closing():
-                    return
-                await asyncio.sleep(0.0005)
+            await transport_drained(transport)  # only waits when we found it non-empty
             sink = SocketSink(asyncio.get_running_loop(), self._sockfd)
             while not _push(sink.fd, pending):
                 await sink.writable()

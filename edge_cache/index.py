@@ -58,9 +58,6 @@ class CacheIndex:
         self._resident.move_to_end(slice_id)
         return True
 
-    def size_of(self, slice_id: SliceId) -> int | None:
-        return self._resident.get(slice_id)
-
     def reserve(self, slice_id: SliceId, size: int) -> Admission:
         """Reserve room for a slice about to be filled, evicting least-recently-used slices.
 
@@ -93,9 +90,6 @@ class CacheIndex:
         size = self._reserved.pop(slice_id, None)
         if size is not None:
             self.reserved_bytes -= size
-
-    def is_reserved(self, slice_id: SliceId) -> bool:
-        return slice_id in self._reserved
 
     def load(self, slice_id: SliceId, size: int) -> tuple[SliceId, ...]:
         """Add a slice found on disk at start-up (oldest first); returns slices over the bound."""

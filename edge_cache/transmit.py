@@ -16,7 +16,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-__all__ = ["BodySink", "SocketSink", "WriterSink", "open_sink"]
+__all__ = ["BodySink", "SocketSink", "WriterSink", "open_sink", "transport_drained"]
 
 FALLBACK_CHUNK = 256 * 1024
 
@@ -102,7 +102,7 @@ class SocketSink:
         os.close(self._fd)
 
 
-async def _transport_drained(transport: asyncio.WriteTransport) -> None:
+async def transport_drained(transport: asyncio.WriteTransport) -> None:
     """Wait until the transport has handed every buffered byte to the kernel."""
     delay = 0.0005
     while transport.get_write_buffer_size() > 0:
@@ -120,6 +120,6 @@ async def open_sink(
     if use_sendfile and transport is not None and transport.get_extra_info("sslcontext") is None:
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-            await _transport_drained(transport)
+            await transport_drained(transport)
             return SocketSink(asyncio.get_running_loop(), sock.fileno())
     return WriterSink(response)

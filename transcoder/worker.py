@@ -337,9 +337,7 @@ class PreviewWorker:
 
     async def _upload(self, job: Job, out_dir: Path) -> list[str]:
         keys = []
-        files = await asyncio.to_thread(
-            lambda: sorted(p for p in out_dir.rglob("*") if p.is_file())
-        )
+        files = await asyncio.to_thread(_files_under, out_dir)
         for path in files:
             key = job.previews_prefix + path.relative_to(out_dir).as_posix()
             content_type = CONTENT_TYPES.get(path.suffix, "application/octet-stream")
