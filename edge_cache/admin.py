@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -13,10 +14,36 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .cache import EdgeCache
 from .errors import BadRequest
-from .metrics import EdgeMetrics
+from .metrics import EdgeMetrics, scrape_registry
 from .paths import check_object_key
 
-__all__ = ["make_admin_app"]
+__all__ = ["AdminOps", "LocalAdmin", "PurgeOutcome", "make_admin_app"]
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeOutcome:
+    purged: int
+    unreachable: tuple[int, ...] = ()  # worker slots that could not be told (several workers)
+
+
+class AdminOps(Protocol):
+    async def purge(self, keys: list[str], prefixes: list[str]) -> PurgeOutcome: ...
+
+    async def prefetch(self, keys: list[str]) -> int: ...
+
+
+class LocalAdmin:
+    """Purge and prefetch for a single worker: its cache is the whole cache."""
+
+    def __init__(self, cache: EdgeCache) -> None:
+        self._cache = cache
+
+    async def purge(self, keys: list[str], prefixes: list[str]) -> PurgeOutcome:
+        return PurgeOutcome(await self._cache.purge(keys, prefixes))
+
+    async def prefetch(self, keys: list[str]) -> int:
+        return self._cache.prefetch(keys)
+
 
 MAX_ITEMS = 10_000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,7 +101,7 @@ def _keys(body: dict[str, Any]) -> list[str]:
 
 
 def make_admin_app(
-    cache: EdgeCache,
+    ops: AdminOps,
     metrics: EdgeMetrics,
     token: str | None,
     before_scrape: Callable[[], None] = lambda: None,
@@ -83,7 +110,7 @@ def make_admin_app(
 
     async def metrics_handler(request: web.Request) -> web.Response:
         before_scrape()  # batched counts (fast path) are exact when scraped
-        response = web.Response(body=generate_latest(metrics.registry))
+        response = web.Response(body=generate_latest(scrape_registry(metrics.registry)))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
@@ -98,15 +125,21 @@ def make_admin_app(
             return _bad("prefixes must be non-empty key prefixes without a leading /")
         if not keys and not prefixes:
             return _bad("give keys or prefixes")
-        purged = await cache.purge(keys, prefixes)
-        return web.json_response({"purged": purged})
+        outcome = await ops.purge(keys, prefixes)
+        if outcome.unreachable:
+            # Some worker kept its copies: say so, so the caller retries rather than trusts it.
+            return web.json_response(
+                {"purged": outcome.purged, "unreachable_workers": list(outcome.unreachable)},
+                status=503,
+            )
+        return web.json_response({"purged": outcome.purged})
 
     async def prefetch(request: web.Request) -> web.Response:
         try:
             keys = _keys(await _json_body(request, {"keys"}))
         except BadRequest as exc:
             return _bad(exc.reason)
-        return web.json_response({"queued": cache.prefetch(keys)}, status=202)
+        return web.json_response({"queued": await ops.prefetch(keys)}, status=202)
 
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/purge", purge)

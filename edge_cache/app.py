@@ -15,15 +15,17 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .admin import make_admin_app
-from .cache import EdgeCache
+from .admin import AdminOps, LocalAdmin, make_admin_app
+from .cache import CacheView, EdgeCache
 from .config import EdgeSettings
 from .fastpath import FastPath, FastPathProtocol
 from .index import CacheIndex
 from .metrics import EdgeMetrics
 from .origin import Origin
+from .peers import PeerCache, PeerNetwork, ShardedCache, make_peer_app
 from .ratelimit import Limiter, SharedLimiter, WindowLimiter
 from .server import PublicHandler, ServerState
+from .sharding import Placement, layout_root
 from .signing import Verifier
 from .store import DiskStore
 
@@ -33,7 +35,11 @@ log = logging.getLogger("edge_cache")
 
 
 class Edge:
-    """Every part of one edge process, wired together; nothing starts until `start()`."""
+    """Every part of one edge process, wired together; nothing starts until `start()`.
+
+    With a `placement` (one worker of several), `cache` holds only the keys this worker owns
+    and `view` routes every other key to its owner (see peers.py).
+    """
 
     def __init__(
         self,
@@ -43,24 +49,67 @@ class Edge:
         clock: Callable[[], float] = time.time,
         use_sendfile: bool = True,
         use_fastpath: bool = True,
+        placement: Placement | None = None,
     ) -> None:
         self.settings = settings
         self.use_fastpath = use_fastpath
+        self.placement = placement
+        # How often batched state goes out (metrics, notes to other workers); tests that
+        # want to flush by hand set it high.
+        self.flush_interval_s = 0.25
         self.metrics = EdgeMetrics(registry or CollectorRegistry())
         self.state = ServerState()
         self.origin = Origin(settings.origin, self.metrics)
-        self.index = CacheIndex(settings.cache_max_bytes)
-        self.cache = EdgeCache(
-            store=DiskStore(settings.cache_dir, settings.slice_bytes),
-            origin=self.origin,
-            index=self.index,
-            metrics=self.metrics,
-            slice_bytes=settings.slice_bytes,
-            meta_ttl_s=settings.meta_ttl_s,
-            negative_ttl_s=settings.negative_ttl_s,
-            retries=settings.origin.retries,
-            prefetch_max_bytes=settings.prefetch_max_bytes,
+        slot, workers = (placement.slot, placement.workers) if placement else (0, 1)
+        self.index = CacheIndex(
+            placement.share_of(settings.cache_max_bytes) if placement else settings.cache_max_bytes
         )
+        self.network: PeerNetwork | None = None
+        if placement is not None and workers > 1:
+            # A peer may wait on the owner's origin fetch, retries included.
+            origin = settings.origin
+            self.network = PeerNetwork(placement, origin.timeout_s * (origin.retries + 1) + 2)
+
+        own_root = layout_root(settings.cache_dir, slot, workers)
+
+        def cache_with(index: CacheIndex, persist: bool) -> EdgeCache:
+            return EdgeCache(
+                store=DiskStore(own_root, settings.slice_bytes),
+                origin=self.origin,
+                index=index,
+                metrics=self.metrics,
+                slice_bytes=settings.slice_bytes,
+                meta_ttl_s=settings.meta_ttl_s,
+                negative_ttl_s=settings.negative_ttl_s,
+                retries=settings.origin.retries,
+                prefetch_max_bytes=settings.prefetch_max_bytes,
+                persist=persist,
+                on_removed=self.network.removed if self.network else lambda removed: None,
+            )
+
+        self.cache = cache_with(self.index, persist=True)
+        self.view: CacheView = self.cache
+        self.admin_ops: AdminOps = LocalAdmin(self.cache)
+        self.peer_cache: PeerCache | None = None
+        self._fallback: EdgeCache | None = None
+        if placement is not None and self.network is not None:
+            self._fallback = cache_with(CacheIndex(0), persist=False)
+            self.peer_cache = PeerCache(
+                placement=placement,
+                network=self.network,
+                stores={
+                    s: DiskStore(layout_root(settings.cache_dir, s, workers), settings.slice_bytes)
+                    for s in placement.peers
+                },
+                fallback=self._fallback,
+                metrics=self.metrics,
+                slice_bytes=settings.slice_bytes,
+                meta_ttl_s=settings.meta_ttl_s,
+                retries=settings.origin.retries,
+            )
+            sharded = ShardedCache(self.cache, self.peer_cache, self.network, placement)
+            self.view = sharded
+            self.admin_ops = sharded
         self.verifier = Verifier(settings.keys, settings.clock_skew_s)
         self._redis: aioredis.Redis | None = None
         limiter: Limiter | None = None
@@ -76,7 +125,7 @@ class Edge:
                 )
         self.handler = PublicHandler(
             settings=settings,
-            cache=self.cache,
+            cache=self.view,
             verifier=self.verifier,
             limiter=limiter,
             metrics=self.metrics,
@@ -86,7 +135,7 @@ class Edge:
         )
         self.fastpath = FastPath(
             settings=settings,
-            cache=self.cache,
+            cache=self.view,
             verifier=self.verifier,
             limiter=limiter,
             metrics=self.metrics,
@@ -99,15 +148,27 @@ class Edge:
         await self.cache.start()
 
     async def close(self) -> None:
+        if self.peer_cache is not None:
+            await self.peer_cache.close()
+        if self._fallback is not None:
+            await self._fallback.close()
         await self.cache.close()
+        if self.network is not None:
+            await self.network.close()
         await self.origin.close()
         if self._redis is not None:
             await self._redis.aclose()
 
     def admin_app(self) -> web.Application:
         return make_admin_app(
-            self.cache, self.metrics, self.settings.admin_token, self.fastpath.flush_metrics
+            self.admin_ops, self.metrics, self.settings.admin_token, self.fastpath.flush_metrics
         )
+
+    async def flush(self) -> None:
+        """Publish batched state: the fast path's counts, notes to the other workers."""
+        self.fastpath.flush_metrics()
+        if self.network is not None:
+            await self.network.flush()
 
 
 @dataclass(frozen=True)
@@ -144,10 +205,23 @@ async def running(edge: Edge, *, reuse_port: bool = False) -> AsyncIterator[Runn
         shutdown_timeout=settings.shutdown_timeout_s,
     )
     admin = web.AppRunner(edge.admin_app(), handle_signals=False, access_log=None)
+    peer: web.AppRunner | None = None
     fast_connections: set[FastPathProtocol] = set()
     listener: asyncio.Server | None = None
-    flusher = asyncio.create_task(_flush_every(edge.fastpath, 0.5))
+    flusher = asyncio.create_task(_flush_every(edge, edge.flush_interval_s))
     try:
+        if edge.placement is not None and edge.peer_cache is not None:
+            # The other workers' way in: up before the public port, down after it drained.
+            peer = web.AppRunner(
+                make_peer_app(edge.cache, edge.peer_cache),
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=settings.shutdown_timeout_s,
+            )
+            await peer.setup()
+            path = edge.placement.socket_path(edge.placement.slot)
+            path.unlink(missing_ok=True)
+            await web.UnixSite(peer, str(path)).start()
         await public.setup()
         await admin.setup()
         aiohttp_protocol = public.server
@@ -165,7 +239,7 @@ async def running(edge: Edge, *, reuse_port: bool = False) -> AsyncIterator[Runn
         else:
             await web.TCPSite(public, *settings.listen, reuse_port=reuse_port).start()
             public_port = _bound_port(public)
-        await web.TCPSite(admin, *settings.admin_listen).start()
+        await web.TCPSite(admin, *settings.admin_listen, reuse_port=reuse_port).start()
         yield RunningEdge(edge, public_port, _bound_port(admin))
         edge.state.draining = True
         if settings.drain_grace_s:
@@ -179,16 +253,22 @@ async def running(edge: Edge, *, reuse_port: bool = False) -> AsyncIterator[Runn
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
-        edge.fastpath.flush_metrics()
         await public.cleanup()  # stops accepting, lets in-flight responses finish (bounded)
         await admin.cleanup()
+        with contextlib.suppress(Exception):
+            await edge.flush()
+        if peer is not None:
+            await peer.cleanup()
         await edge.close()
 
 
-async def _flush_every(fastpath: FastPath, interval_s: float) -> None:
+async def _flush_every(edge: Edge, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        fastpath.flush_metrics()
+        try:
+            await edge.flush()
+        except Exception:  # a flush must never stop the next one
+            log.exception("flush failed")
 
 
 async def _drain_fast(connections: set[FastPathProtocol], timeout_s: float) -> None:
@@ -207,19 +287,24 @@ async def _drain_fast(connections: set[FastPathProtocol], timeout_s: float) -> N
         connection.close()
 
 
-async def serve(settings: EdgeSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(
+    settings: EdgeSettings,
+    placement: Placement | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT (or `stop`), then shut down gracefully."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with running(Edge(settings)) as edge:
+    edge = Edge(settings, placement=placement)
+    async with running(edge, reuse_port=placement is not None) as live:
         log.info(
             "edge serving on %s, admin on %s, cache %s (%d slices)",
-            edge.public_url,
-            edge.admin_url,
-            settings.cache_dir,
-            edge.edge.index.slice_count,
+            live.public_url,
+            live.admin_url,
+            edge.cache.store.root,
+            edge.index.slice_count,
         )
         await stop.wait()
         log.info("draining")

@@ -15,8 +15,9 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from .descriptors import DescriptorCache
 from .errors import BadGateway, EdgeHTTPError, GatewayTimeout, NotFound, OriginChanged
 from .index import CacheIndex, SliceId
 from .metrics import EdgeMetrics
@@ -24,7 +25,7 @@ from .origin import ObjectMeta, Origin, RangeUnusable
 from .slicing import slice_count, slice_length
 from .store import DiskStore, FoundObject
 
-__all__ = ["EdgeCache", "SliceFill"]
+__all__ = ["CacheView", "EdgeCache", "SliceFill"]
 
 T = TypeVar("T")
 
@@ -36,6 +37,9 @@ MAX_NEGATIVE_ENTRIES = 10_000
 PREFETCH_CONCURRENCY = 4
 # Open descriptors kept for hot slices (the hit path reads them without open/close).
 FD_CACHE_SIZE = 1024
+# A pass-through cache keeps its last few finished slices in memory: a request that arrives
+# just after a fill ended (its own next step, or a neighbour's) finds the bytes, not the origin.
+RECENT_FILLS = 8
 
 
 class SliceFill:
@@ -110,6 +114,40 @@ class SliceFill:
     async def wait_complete(self) -> None:
         await self.wait_for(self.length - 1)
 
+    def fail_with(
+        self, exc: EdgeHTTPError | asyncio.CancelledError, forget: Callable[[str], None]
+    ) -> None:
+        """End the fill on an error; readers get it. An origin that moved on or lost the
+        object also makes the key's metadata stale (`forget`); cancellation is re-raised."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.fail(BadGateway("shutting_down"))
+            raise exc
+        if isinstance(exc, OriginChanged | NotFound):
+            forget(self.meta.key)
+        self.fail(exc)
+
+
+class CacheView(Protocol):
+    """What the request handlers need from the cache: metadata, resident slices, fills.
+
+    Implemented by `EdgeCache` (this worker's own keys) and, with several workers, by
+    `peers.ShardedCache`, which sends each key to its owner.
+    """
+
+    def fresh_meta(self, key: str) -> ObjectMeta | None: ...
+
+    async def meta(self, key: str) -> ObjectMeta: ...
+
+    async def meta_for_get(self, key: str, first_index: int | None) -> ObjectMeta: ...
+
+    def is_resident(self, meta: ObjectMeta, index: int) -> bool: ...
+
+    def open_resident(self, meta: ObjectMeta, index: int) -> int | None: ...
+
+    def cached_fd(self, meta: ObjectMeta, index: int) -> int | None: ...
+
+    def fill_for(self, meta: ObjectMeta, index: int) -> SliceFill: ...
+
 
 @dataclass(slots=True)
 class _MetaEntry:
@@ -131,7 +169,12 @@ class EdgeCache:
         retries: int,
         prefetch_max_bytes: int,
         clock: Callable[[], float] = time.monotonic,
+        persist: bool = True,
+        on_removed: Callable[[tuple[SliceId, ...]], None] = lambda removed: None,
     ) -> None:
+        """`persist=False` makes a pass-through cache: single flight and streaming, but no
+        meta files (pair it with an index of size 0, which admits no slice).
+        `on_removed` hears of every slice that leaves the disk (evicted, purged, replaced)."""
         self.store = store
         self.index = index
         self._origin = origin
@@ -142,15 +185,19 @@ class EdgeCache:
         self._retries = retries
         self._prefetch_max_bytes = prefetch_max_bytes
         self._clock = clock
+        self._persist = persist
+        self._on_removed = on_removed
         self._meta: dict[str, _MetaEntry] = {}
         self._missing: dict[str, float] = {}
         self._versions: dict[str, ObjectMeta] = {}  # object_id -> meta, for every known version
         self._meta_pending: dict[str, asyncio.Future[ObjectMeta]] = {}
         self._fills: dict[SliceId, SliceFill] = {}
-        self._fds: OrderedDict[SliceId, int] = OrderedDict()
+        self._fds = DescriptorCache(FD_CACHE_SIZE)
+        self._recent: OrderedDict[SliceId, SliceFill] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._prefetch_slots = asyncio.Semaphore(PREFETCH_CONCURRENCY)
-        metrics.cache_max_bytes.set(index.max_bytes)
+        if persist:
+            metrics.cache_max_bytes.set(index.max_bytes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -199,7 +246,7 @@ class EdgeCache:
 
     async def close(self) -> None:
         """Cancel fills and background work; fills already writing to disk are let finish."""
-        self._close_fds(list(self._fds))
+        self._fds.close_all()
         for task in list(self._tasks):
             fill = next((f for f in self._fills.values() if f.task is task), None)
             if fill is None or not fill.storing:
@@ -220,6 +267,8 @@ class EdgeCache:
         return task
 
     def _publish(self) -> None:
+        if not self._persist:
+            return  # a pass-through cache holds nothing; the gauges describe the real one
         self._metrics.cache_bytes.set(self.index.used_bytes)
         self._metrics.cache_slices.set(self.index.slice_count)
 
@@ -249,7 +298,9 @@ class EdgeCache:
         # Shielded: a client that goes away must not cancel the HEAD others are waiting for.
         return await asyncio.shield(pending)
 
-    async def meta_for_get(self, key: str, first_index: int | None) -> ObjectMeta:
+    async def meta_for_get(
+        self, key: str, first_index: int | None, *, count: bool = True
+    ) -> ObjectMeta:
         """Like `meta`, but a key with no metadata at all costs one origin request: the GET of
         slice `first_index` (the first one the response needs), which also carries the
         metadata, and whose bytes go straight into that slice's fill."""
@@ -265,10 +316,12 @@ class EdgeCache:
         ready.add_done_callback(lambda _: self._meta_pending.pop(key, None))
         # Mark an error as seen even if every waiter has gone away meanwhile.
         ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-        self._spawn(self._cold_fetch(key, first_index, ready))
+        self._spawn(self._cold_fetch(key, first_index, ready, count))
         return await asyncio.shield(ready)
 
-    async def _cold_fetch(self, key: str, index: int, ready: asyncio.Future[ObjectMeta]) -> None:
+    async def _cold_fetch(
+        self, key: str, index: int, ready: asyncio.Future[ObjectMeta], count: bool
+    ) -> None:
         start = index * self._slice_bytes
         try:
             async with self._origin.open_first_range(key, start, start + self._slice_bytes - 1) as (
@@ -283,12 +336,13 @@ class EdgeCache:
                 fill = SliceFill(slice_id, meta, slice_length(index, meta.size, self._slice_bytes))
                 fill.task = asyncio.current_task()
                 self._fills[slice_id] = fill
-                self._metrics.slice_lookups.labels("miss").inc()
+                if count:
+                    self._metrics.slice_lookups.labels("miss").inc()
                 ready.set_result(meta)
                 await self._run_fill(fill, chunks)
             # Written after the first slice, off the path to the first byte: a slice that finds
             # no meta file at start-up is deleted, so the order is safe across a crash.
-            if new_version and self._versions.get(meta.object_id) is meta:
+            if self._persist and new_version and self._versions.get(meta.object_id) is meta:
                 await asyncio.to_thread(self.store.write_meta, meta)
         except (RangeUnusable, BadGateway, GatewayTimeout):
             # Not answerable as a range, or failed before the metadata arrived: the HEAD path
@@ -333,7 +387,8 @@ class EdgeCache:
         if previous is not None and previous.meta.object_id != fresh.object_id:
             await self._drop_key(key)
         if fresh.object_id not in self._versions:
-            await asyncio.to_thread(self.store.write_meta, fresh)
+            if self._persist:
+                await asyncio.to_thread(self.store.write_meta, fresh)
             self._versions[fresh.object_id] = fresh
         self._meta[key] = _MetaEntry(fresh, self._clock())
         return fresh
@@ -351,75 +406,87 @@ class EdgeCache:
             return
         meta = entry.meta
         removed = self.index.remove_object(meta.object_id)
-        self._close_fds(removed)
+        self._fds.close(removed)
         for slice_id, fill in self._fills.items():
             if slice_id.object_id == meta.object_id:
                 fill.discard = True
+        for slice_id in [s for s in self._recent if s.object_id == meta.object_id]:
+            del self._recent[slice_id]
         self._versions.pop(meta.object_id, None)
         self._publish()
         log.debug("dropped %s (%d slices)", key, len(removed))
         await asyncio.to_thread(self.store.delete_object, meta)
+        # Every index, not only the resident ones: another worker may have opened a slice
+        # file that was written but never committed (purged during its write).
+        self._on_removed(tuple(SliceId(meta.object_id, i) for i in range(self.slice_count(meta))))
 
     # -- slices --------------------------------------------------------------------------------
 
     def slice_count(self, meta: ObjectMeta) -> int:
         return slice_count(meta.size, self._slice_bytes)
 
-    def is_resident(self, slice_id: SliceId) -> bool:
-        return slice_id in self.index
+    def meta_age(self, key: str) -> float:
+        """Seconds since `key`'s metadata was last confirmed by the origin (inf if never)."""
+        entry = self._meta.get(key)
+        return float("inf") if entry is None else max(0.0, self._clock() - entry.checked_at)
 
-    def cached_fd(self, slice_id: SliceId) -> int | None:
+    def is_resident(self, meta: ObjectMeta, index: int) -> bool:
+        return SliceId(meta.object_id, index) in self.index
+
+    def touch(self, slice_ids: Iterable[SliceId]) -> None:
+        """Mark slices as used (hits that another worker served from this worker's files)."""
+        for slice_id in slice_ids:
+            self.index.touch(slice_id)
+
+    def cached_fd(self, meta: ObjectMeta, index: int) -> int | None:
         """A descriptor of a resident slice that the cache owns: use it without awaiting in
         between, never close it (it is closed when the slice leaves the cache)."""
+        slice_id = SliceId(meta.object_id, index)
         fd = self._fds.get(slice_id)
         if fd is not None:
             if self.index.touch(slice_id):
-                self._fds.move_to_end(slice_id)
                 return fd
-            self._close_fds([slice_id])
-        fd = self.open_resident(slice_id, count=False)
-        if fd is None:
-            return None
-        self._fds[slice_id] = fd
-        if len(self._fds) > FD_CACHE_SIZE:
-            _, oldest = self._fds.popitem(last=False)
-            os.close(oldest)
-        return fd
+            self._fds.close([slice_id])
+        fd = self._open(slice_id)
+        return None if fd is None else self._fds.put(slice_id, fd)
 
-    def _close_fds(self, slice_ids: Iterable[SliceId]) -> None:
-        for slice_id in slice_ids:
-            fd = self._fds.pop(slice_id, None)
-            if fd is not None:
-                os.close(fd)
-
-    def open_resident(self, slice_id: SliceId, *, count: bool = True) -> int | None:
+    def open_resident(self, meta: ObjectMeta, index: int, *, count: bool = True) -> int | None:
         """An open descriptor of a slice on disk (the caller closes it), or None on a miss.
 
         `count=False` leaves the hit uncounted, for callers that count hits themselves.
         """
-        if not self.index.touch(slice_id):
-            return None
-        try:
-            fd = os.open(self.store.slice_path(slice_id), os.O_RDONLY)
-        except FileNotFoundError:
-            # Deleted behind the index's back (an eviction racing a refill): heal, then miss.
-            self.index.discard(slice_id)
-            self._close_fds([slice_id])
-            self._publish()
-            return None
-        if count:
+        fd = self._open(SliceId(meta.object_id, index))
+        if fd is not None and count:
             self._metrics.slice_lookups.labels("hit").inc()
         return fd
 
-    def fill_for(self, meta: ObjectMeta, index: int) -> SliceFill:
-        """The fill bringing slice `index` of `meta`: joined if one is in flight, else started."""
+    def _open(self, slice_id: SliceId) -> int | None:
+        if not self.index.touch(slice_id):
+            return None
+        try:
+            return os.open(self.store.slice_path(slice_id), os.O_RDONLY)
+        except FileNotFoundError:
+            # Deleted behind the index's back (an eviction racing a refill): heal, then miss.
+            self.index.discard(slice_id)
+            self._fds.close([slice_id])
+            self._on_removed((slice_id,))
+            self._publish()
+            return None
+
+    def fill_for(self, meta: ObjectMeta, index: int, *, count: bool = True) -> SliceFill:
+        """The fill bringing slice `index` of `meta`: joined if one is in flight, else started.
+
+        `count=False`: the lookup is counted by whoever answers the client (another worker).
+        """
         slice_id = SliceId(meta.object_id, index)
-        fill = self._fills.get(slice_id)
+        fill = self._fills.get(slice_id) or self._recent.get(slice_id)
         if fill is not None:
-            self._metrics.slice_lookups.labels("coalesced").inc()
-            self._metrics.coalesced_waiters.inc()
+            if count:
+                self._metrics.slice_lookups.labels("coalesced").inc()
+                self._metrics.coalesced_waiters.inc()
             return fill
-        self._metrics.slice_lookups.labels("miss").inc()
+        if count:
+            self._metrics.slice_lookups.labels("miss").inc()
         fill = SliceFill(slice_id, meta, slice_length(index, meta.size, self._slice_bytes))
         self._fills[slice_id] = fill
         fill.task = self._spawn(self._run_fill(fill))
@@ -444,17 +511,12 @@ class EdgeCache:
                 await asyncio.to_thread(self.store.write_slice, slice_id, fill.buffer)
                 if fill.discard:  # purged while we were writing
                     await asyncio.to_thread(self.store.delete_slices, [slice_id])
+                    self._on_removed((slice_id,))
                 else:
                     self.index.commit(slice_id)
                     committed = True
-        except (OriginChanged, NotFound) as exc:
-            self.forget(fill.meta.key)
-            fill.fail(exc)
-        except EdgeHTTPError as exc:
-            fill.fail(exc)
-        except asyncio.CancelledError:
-            fill.fail(BadGateway("shutting_down"))
-            raise
+        except (EdgeHTTPError, asyncio.CancelledError) as exc:
+            fill.fail_with(exc, self.forget)
         except OSError:
             # The disk write failed: readers already had every byte; the slice just isn't kept.
             log.exception("could not store slice %s", slice_id)
@@ -463,6 +525,10 @@ class EdgeCache:
                 self.index.release(slice_id)
             if self._fills.get(slice_id) is fill:
                 del self._fills[slice_id]
+            if not self._persist and fill.complete and not fill.discard:
+                self._recent[slice_id] = fill
+                while len(self._recent) > RECENT_FILLS:
+                    self._recent.popitem(last=False)
             self._metrics.fills_in_flight.dec()
             self._publish()
 
@@ -499,8 +565,9 @@ class EdgeCache:
                     raise
 
     async def _evict(self, evicted: tuple[SliceId, ...]) -> None:
-        self._close_fds(evicted)
+        self._fds.close(evicted)
         await asyncio.to_thread(self.store.delete_slices, evicted)
+        self._on_removed(evicted)  # after the unlink: a reader told earlier could reopen it
         # An object version with no slice left on disk and none in flight needs no meta file.
         orphans = []
         for object_id in {s.object_id for s in evicted}:
@@ -552,7 +619,7 @@ class EdgeCache:
                 meta = await self.meta(key)
                 wanted = min(meta.size, self._prefetch_max_bytes)
                 for index in range(slice_count(wanted, self._slice_bytes)):
-                    if self.is_resident(SliceId(meta.object_id, index)):
+                    if self.is_resident(meta, index):
                         continue
                     await self.fill_for(meta, index).wait_complete()
             except EdgeHTTPError as exc:

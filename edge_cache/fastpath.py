@@ -25,12 +25,11 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
-from .cache import EdgeCache
+from .cache import CacheView
 from .clientip import resolve_client_ip
 from .config import EdgeSettings
 from .errors import EdgeHTTPError
 from .httpspec import ByteRange, Full, Partial, http_date, parse_range
-from .index import SliceId
 from .metrics import EdgeMetrics
 from .origin import ObjectMeta
 from .paths import Target, parse_target
@@ -114,7 +113,7 @@ class FastPath:
         self,
         *,
         settings: EdgeSettings,
-        cache: EdgeCache,
+        cache: CacheView,
         verifier: Verifier,
         limiter: object,
         metrics: EdgeMetrics,
@@ -226,11 +225,11 @@ class FastPath:
         pieces = slice_pieces(byte_range.start, byte_range.end, self._slice_bytes)
         opened: list[Piece] = []
         if head.method == b"HEAD":  # no bytes to send: residency is all a HEAD needs to know
-            if not all(self._cache.is_resident(SliceId(meta.object_id, p.index)) for p in pieces):
+            if not all(self._cache.is_resident(meta, p.index) for p in pieces):
                 return None
         else:
             for piece in pieces:
-                fd = self._cache.cached_fd(SliceId(meta.object_id, piece.index))
+                fd = self._cache.cached_fd(meta, piece.index)
                 if fd is None:
                     return None  # not on disk: the full handler fetches it
                 opened.append((fd, piece.start, piece.length))

@@ -1,12 +1,19 @@
-"""Prometheus metrics of the edge (`edge_` prefix), registered on an injected registry."""
+"""Prometheus metrics of the edge (`edge_` prefix), registered on an injected registry.
+
+With several workers, the supervisor sets PROMETHEUS_MULTIPROC_DIR and every worker writes its
+values there; a scrape of any worker's /metrics reads them all (`scrape_registry`). Gauges say how
+they combine across workers (`livesum`: the sum over live workers); counters always add up.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from .origin import OriginStats
 
-__all__ = ["EdgeMetrics"]
+__all__ = ["EdgeMetrics", "scrape_registry"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -63,7 +70,10 @@ class EdgeMetrics(OriginStats):
             registry=registry,
         )
         self.fills_in_flight = Gauge(
-            "edge_fills_in_flight", "Slice fills running now", registry=registry
+            "edge_fills_in_flight",
+            "Slice fills running now",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.coalesced_waiters = Counter(
             "edge_coalesced_waiters",
@@ -74,10 +84,16 @@ class EdgeMetrics(OriginStats):
             "edge_cache_bytes",
             "Bytes of slices on disk, plus reservations for fills",
             registry=registry,
+            multiprocess_mode="livesum",
         )
-        self.cache_slices = Gauge("edge_cache_slices", "Slices on disk", registry=registry)
+        self.cache_slices = Gauge(
+            "edge_cache_slices", "Slices on disk", registry=registry, multiprocess_mode="livesum"
+        )
         self.cache_max_bytes = Gauge(
-            "edge_cache_max_bytes", "The configured bound on cache bytes", registry=registry
+            "edge_cache_max_bytes",
+            "The configured bound on cache bytes (each worker's share, summed)",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.evictions = Counter(
             "edge_cache_evictions", "Slices evicted to make room (LRU)", registry=registry
@@ -107,6 +123,18 @@ class EdgeMetrics(OriginStats):
         self.prefetch_queued = Counter(
             "edge_prefetch_queued", "Objects queued for prefetch", registry=registry
         )
+        self.peer_requests = Counter(
+            "edge_peer_requests",
+            "Requests to the worker that owns a key (several workers), by operation and outcome",
+            ["op", "outcome"],
+            registry=registry,
+        )
+        self.peer_fallbacks = Counter(
+            "edge_peer_fallbacks",
+            "Misses served straight from the origin, uncached, because the owner worker was "
+            "unreachable (restarting)",
+            registry=registry,
+        )
 
     # OriginStats hooks
     def request(self, op: str, outcome: str, seconds: float) -> None:
@@ -118,3 +146,13 @@ class EdgeMetrics(OriginStats):
 
     def bytes_received(self, count: int) -> None:
         self.origin_bytes.inc(count)
+
+
+def scrape_registry(own: CollectorRegistry) -> CollectorRegistry:
+    """The registry a /metrics scrape reads: every worker's values when several run."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return own
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
+    return combined

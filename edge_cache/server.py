@@ -15,7 +15,7 @@ from enum import StrEnum
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .cache import EdgeCache, SliceFill
+from .cache import CacheView, SliceFill
 from .clientip import resolve_client_ip
 from .config import EdgeSettings
 from .errors import EdgeHTTPError, OriginChanged, TooManyRequests, Unauthorized
@@ -96,7 +96,7 @@ class PublicHandler:
         self,
         *,
         settings: EdgeSettings,
-        cache: EdgeCache,
+        cache: CacheView,
         verifier: Verifier,
         limiter: Limiter | None,
         metrics: EdgeMetrics,
@@ -317,7 +317,7 @@ class PublicHandler:
             headers["Content-Length"] = str(sum(r.length for r in ranges))
 
         all_resident = all(
-            self._cache.is_resident(SliceId(meta.object_id, piece.index))
+            self._cache.is_resident(meta, piece.index)
             for r in ranges
             for piece in slice_pieces(r.start, r.end, self._slice_bytes)
         )
@@ -363,7 +363,7 @@ class PublicHandler:
     async def _first_bytes(self, meta: ObjectMeta, first: ByteRange) -> SliceFill | None:
         """Before committing to a status, make sure the first byte can come (or fail cleanly)."""
         index, offset = divmod(first.start, self._slice_bytes)
-        if self._cache.is_resident(SliceId(meta.object_id, index)):
+        if self._cache.is_resident(meta, index):
             return None
         fill = self._cache.fill_for(meta, index)
         await fill.wait_for(offset)
@@ -382,7 +382,7 @@ class PublicHandler:
             slice_id = SliceId(meta.object_id, piece.index)
             fill = ahead if ahead is not None and ahead.slice_id == slice_id else None
             ahead = None
-            fd = None if fill is not None else self._cache.open_resident(slice_id)
+            fd = None if fill is not None else self._cache.open_resident(meta, piece.index)
             if fd is not None:
                 try:
                     await sink.sendfile(fd, piece.start, piece.length)
@@ -394,9 +394,9 @@ class PublicHandler:
                 fill = self._cache.fill_for(meta, piece.index)
             if position + 1 < len(pieces):
                 # Read ahead one slice, so the next origin fetch overlaps sending this one.
-                following = SliceId(meta.object_id, pieces[position + 1].index)
-                if not self._cache.is_resident(following):
-                    ahead = self._cache.fill_for(meta, following.index)
+                following = pieces[position + 1].index
+                if not self._cache.is_resident(meta, following):
+                    ahead = self._cache.fill_for(meta, following)
             async for chunk in fill.read(piece.start, piece.end):
                 await sink.write(chunk)
                 exchange.body_bytes += len(chunk)

@@ -14,15 +14,30 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .index import SliceId
 from .origin import ObjectMeta
+from .sharding import stale_layouts
 from .slicing import slice_count, slice_length
 
-__all__ = ["DiskStore", "FoundObject"]
+__all__ = ["DiskStore", "FoundObject", "clear_stale_layouts"]
+
+
+def clear_stale_layouts(cache_dir: Path, workers: int) -> list[str]:
+    """Delete cache layouts written for another worker count (their owners no longer exist,
+    and their bytes would sit outside the bound); returns the names removed."""
+    try:
+        names = [entry.name for entry in os.scandir(cache_dir)]
+    except FileNotFoundError:
+        return []
+    stale = stale_layouts(names, workers)
+    for name in stale:
+        shutil.rmtree(cache_dir / name, ignore_errors=True)
+    return stale
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -123,6 +125,14 @@ def make_edge(proxy: FaultProxy, bucket: Bucket, tmp_path: Path) -> EdgeFactory:
             yield live
 
     return factory
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A directory for unix sockets: short, unlike pytest's tmp_path (sun_path is 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="edge-run-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
