@@ -13,31 +13,38 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from .config import EdgeSettings, parse_listen, read_env_file
+from .config import EdgeSettings, env_int, parse_listen, read_env_file
 from .errors import ConfigError
 from .signing import KeyRing, Verifier
+from .store import clear_stale_layouts
 
 __all__ = ["main"]
 
 
 class _JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None) -> None:
+        super().__init__()
+        self._worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         if record.name == "edge_cache.access":
             return record.getMessage()  # already one JSON object
-        entry = {
+        entry: dict[str, object] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self._worker is not None:
+            entry["worker"] = self._worker
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"))
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter())
+    handler.setFormatter(_JsonFormatter(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -54,7 +61,7 @@ def _environment(env_file: str | None) -> dict[str, str]:
     return env
 
 
-def _run_loop(coro: object) -> None:
+def run_loop(coro: object) -> None:
     try:
         import uvloop
 
@@ -65,17 +72,30 @@ def _run_loop(coro: object) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import serve
+    from .supervisor import MAX_WORKERS, Supervisor, check_workers
 
     env = _environment(args.env_file)
     if args.host or args.port:
         host, port = parse_listen("EDGE_LISTEN", env.get("EDGE_LISTEN") or "127.0.0.1:8080")
         env["EDGE_LISTEN"] = f"{args.host or host}:{args.port or port}"
-    if args.workers != 1:
-        raise ConfigError("--workers: only 1 worker is supported in this release")
+    workers = args.workers or env_int(env, "EDGE_WORKERS", 1, 1, MAX_WORKERS)
     settings = EdgeSettings.from_env(env)
+    check_workers(settings, workers)
     configure_logging(env.get("LOG_LEVEL", "INFO"))
-    _run_loop(serve(settings))
-    return 0
+    if workers == 1:
+        clear_stale_layouts(settings.cache_dir, 1)
+        run_loop(serve(settings))
+        return 0
+    run_dir = env.get("EDGE_RUN_DIR", "").strip()
+    supervisor = Supervisor(env, settings, workers, Path(run_dir) if run_dir else None)
+    status = 0
+
+    async def supervise() -> None:
+        nonlocal status
+        status = await supervisor.run()
+
+    run_loop(supervise())
+    return status
 
 
 def signed_url(
@@ -108,7 +128,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
-    _run_loop(run_demo(port=args.port, admin_port=args.admin_port, duration_s=args.duration))
+    run_loop(run_demo(port=args.port, admin_port=args.admin_port, duration_s=args.duration))
     return 0
 
 
@@ -121,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the edge server")
     serve.add_argument("--host", help="listen address (overrides EDGE_LISTEN's host)")
     serve.add_argument("--port", type=int, help="listen port (overrides EDGE_LISTEN's port)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port and the cache (default EDGE_WORKERS, else 1)",
+    )
     serve.add_argument("--env-file", help="KEY=VALUE file read before the environment")
     serve.set_defaults(run=_serve)
 
