@@ -3,10 +3,13 @@
     python bench/run.py --runs 3 --duration 10          # all scenarios, medians of 3
     python bench/run.py --scenarios hot1m,hot16k        # a subset
     python bench/run.py --soak 600                      # edge RSS under load for 10 minutes
+    python bench/run.py --workers 2 --scenarios hot16k  # N edge workers vs N nginx workers
 
 Both servers run pinned to CPU 0 (one worker each), wrk and the origin run on CPU 1, and the
-scenarios alternate edge/nginx run by run. The origin is the embedded S3 server (moto) behind a
-counting proxy, so origin requests can be counted for both. Everything listens on 127.0.0.1.
+scenarios alternate edge/nginx run by run. With --workers N > 1 the servers may use every CPU
+(wrk and the origin still share CPU 1 with them), each with N worker processes. The origin is
+the embedded S3 server (moto) behind a counting proxy, so origin requests can be counted for
+both. Everything listens on 127.0.0.1.
 Every load loop is bounded by --duration; the whole run by the scenario list.
 """
 
@@ -65,6 +68,10 @@ def wait_port(port: int, timeout: float = 30) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def server_cpus(workers: int) -> str:
+    return SERVER_CPU if workers == 1 else f"0-{(os.cpu_count() or 1) - 1}"
 
 
 def pinned(cpu: str, args: list[str]) -> list[str]:
@@ -171,7 +178,7 @@ def _children(pid: int) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def start_edge(workdir: Path, origin: Origin, cache_max: str) -> Server:
+def start_edge(workdir: Path, origin: Origin, cache_max: str, workers: int = 1) -> Server:
     port, admin = free_port(), free_port()
     cache_dir = workdir / "edge-cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -194,13 +201,22 @@ def start_edge(workdir: Path, origin: Origin, cache_max: str) -> Server:
         "LOG_LEVEL": "WARNING",
         "FETCH_TIMEOUT_MS": "30000",
     }
+    run_dir = workdir / "edge-run"
+    env["EDGE_RUN_DIR"] = str(run_dir)
     binary = str(Path(sys.executable).with_name("edge-cache"))
-    process = subprocess.Popen(pinned(SERVER_CPU, [binary, "serve"]), env=env)
+    command = [binary, "serve", "--workers", str(workers)]
+    process = subprocess.Popen(pinned(server_cpus(workers), command), env=env)
     wait_port(port)
+    if workers > 1:  # every worker's private socket up: misses then go to their owners
+        deadline = time.monotonic() + 30
+        while not all((run_dir / f"worker-{s}.sock").exists() for s in range(workers)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("edge workers did not start")
+            time.sleep(0.05)
     return Server("edge", port, process, cache_dir, admin)
 
 
-def start_nginx(workdir: Path, origin: Origin, cache_max: str) -> Server:
+def start_nginx(workdir: Path, origin: Origin, cache_max: str, workers: int = 1) -> Server:
     port = free_port()
     prefix = workdir / "nginx"
     shutil.rmtree(prefix, ignore_errors=True)
@@ -209,8 +225,17 @@ def start_nginx(workdir: Path, origin: Origin, cache_max: str) -> Server:
     size = cache_max.lower() if cache_max[-1].isalpha() else cache_max
     process = subprocess.Popen(
         pinned(
-            SERVER_CPU,
-            [str(script), str(prefix), str(port), origin.host_port, BUCKET, SLICE.lower(), size],
+            server_cpus(workers),
+            [
+                str(script),
+                str(prefix),
+                str(port),
+                origin.host_port,
+                BUCKET,
+                SLICE.lower(),
+                size,
+                str(workers),
+            ],
         )
     )
     wait_port(port)
@@ -366,6 +391,7 @@ class Bench:
     origin: Origin
     runs: int
     duration: int
+    workers: int = 1
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -379,8 +405,8 @@ class Bench:
 
     @contextmanager
     def servers(self, cache_max: str) -> Iterator[tuple[Server, Server]]:
-        edge = start_edge(self.workdir, self.origin, cache_max)
-        nginx = start_nginx(self.workdir, self.origin, cache_max)
+        edge = start_edge(self.workdir, self.origin, cache_max, self.workers)
+        nginx = start_nginx(self.workdir, self.origin, cache_max, self.workers)
         try:
             yield edge, nginx
         finally:
@@ -545,6 +571,7 @@ def main() -> None:
     parser.add_argument("--scenarios", default="hot1m,hot16k,hot4m,cold,zipf")
     parser.add_argument("--big-mib", type=int, default=512, help="size of the large object")
     parser.add_argument("--soak", type=int, default=0, help="edge-only RSS soak, seconds")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes per server")
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("nginx") is None:
         sys.exit("bench: needs wrk and nginx (Debian: apt-get install wrk nginx-light)")
@@ -554,7 +581,7 @@ def main() -> None:
         if args.soak:
             soak(workdir, origin, args.soak)
             return
-        bench = Bench(workdir, origin, args.runs, args.duration)
+        bench = Bench(workdir, origin, args.runs, args.duration, args.workers)
         wanted = set(args.scenarios.split(","))
         rng = random.Random(1)
         if "hot1m" in wanted:
@@ -587,8 +614,9 @@ def main() -> None:
             bench.zipf(keys, MIB, "64M")
         print()
         print(
-            f"edge vs nginx, medians of {args.runs} runs of {args.duration} s "
-            f"(servers on CPU {SERVER_CPU}, wrk and origin on CPU {CLIENT_CPU})"
+            f"edge vs nginx, {args.workers} worker(s) each, medians of {args.runs} runs of "
+            f"{args.duration} s (servers on CPU {server_cpus(args.workers)}, "
+            f"wrk and origin on CPU {CLIENT_CPU})"
         )
         print(bench.table())
         for note in bench.notes:

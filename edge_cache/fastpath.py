@@ -16,10 +16,12 @@ way, and declines whenever in doubt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -306,9 +308,20 @@ class FastPath:
         self._pending_seconds.clear()
 
 
+# Bytes one connection may sendfile per wake-up before the loop serves the others (nginx's
+# sendfile_max_chunk): with 16 connections of 4 MiB bodies, 1 MiB measured 5-10 % faster than
+# filling each socket as far as it goes.
+SEND_BUDGET = 1 << 20
+# Large bodies are sent corked (nginx's tcp_nopush): header and file bytes leave in full segments
+# and the tail is flushed when uncorked. Without it, TCP_NODELAY sent the header and every
+# sendfile tail as small segments, and 4 MiB ranges over 16 connections ran at 0.8 of nginx.
+_CORK = getattr(socket, "TCP_CORK", None)
+
+
 def _push(sockfd: int, pending: list[Any]) -> bool:
     """Write `pending` (memoryviews, and [fd, offset, count] lists for sendfile) until the
     socket would block; True when everything is sent. Sent items are removed from the list."""
+    budget = SEND_BUDGET
     while pending:
         item = pending[0]
         try:
@@ -318,7 +331,10 @@ def _push(sockfd: int, pending: list[Any]) -> bool:
                     pending[0] = item[sent:]
                     continue
             else:
-                sent = os.sendfile(sockfd, item[0], item[1], item[2])
+                if budget <= 0:
+                    return False
+                sent = os.sendfile(sockfd, item[0], item[1], min(item[2], budget))
+                budget -= sent
                 if sent == 0:
                     raise ConnectionAbortedError("slice file shorter than its index entry")
                 if sent < item[2]:
@@ -351,12 +367,19 @@ class FastPathProtocol(asyncio.Protocol):
         self._handed_over = False
         self._task: asyncio.Task[None] | None = None
         self._sockfd = -1
+        self._sock: Any = None
+
+    def _cork(self, on: bool) -> None:
+        if _CORK is not None and self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1 if on else 0)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
+        self._sock = sock
         self._sockfd = sock.fileno() if sock is not None else -1
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
@@ -423,11 +446,14 @@ class FastPathProtocol(asyncio.Protocol):
                 if transport.get_write_buffer_size() == 0 and self._sockfd >= 0:
                     # Nothing queued in the transport, so the socket is ours to write to:
                     # header and sendfile straight away, as far as the socket takes them.
+                    self._cork(True)
                     try:
                         done = _push(self._sockfd, pending)
                     except OSError:
                         transport.abort()
                         return
+                    if done:
+                        self._cork(False)
                 else:
                     done = False
                 if not done:
@@ -461,8 +487,10 @@ class FastPathProtocol(asyncio.Protocol):
         try:
             await transport_drained(transport)  # only waits when we found it non-empty
             sink = SocketSink(asyncio.get_running_loop(), self._sockfd)
+            self._cork(True)
             while not _push(sink.fd, pending):
                 await sink.writable()
+            self._cork(False)
             self._fast.record(
                 head.method,
                 head.target.partition("?")[0],
