@@ -8,7 +8,8 @@ prebuilt header bytes and either one `pread` + write (small bodies) or `os.sendf
 
 Everything else (misses, errors, denials, conditionals, multipart ranges, OPTIONS, odd or
 oversized request heads) is handed to aiohttp's protocol for the same connection, together with
-the exact bytes not consumed yet, and that connection stays with aiohttp from then on. The rules
+the exact bytes not consumed yet; once aiohttp has answered, the connection's next request is
+the fast path's to try again (players open with a miss and go on with hits). The rules
 therefore live in one place: the fast path only serves what the slow path would serve the same
 way, and declines whenever in doubt.
 """
@@ -364,7 +365,9 @@ class FastPathProtocol(asyncio.Protocol):
         self._peer = ""
         self._busy = False  # a large body is being sent by a task
         self._write_paused = False
-        self._handed_over = False
+        # aiohttp's protocol for this connection while it answers a request the fast path
+        # declined; None when no such request is in progress (see `_hand_over`).
+        self._slow: Any = None
         self._task: asyncio.Task[None] | None = None
         self._sockfd = -1
         self._sock: Any = None
@@ -389,24 +392,36 @@ class FastPathProtocol(asyncio.Protocol):
         self._connections.discard(self)
         if self._task is not None:
             self._task.cancel()
+        if self._slow is not None:
+            self._slow.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        slow = self._slow
+        if slow is not None and not _parked(slow):
+            slow.data_received(data)  # aiohttp is in the middle of a request: its bytes
+            return
         self._buffer += data
         self._serve_buffered()
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._slow is not None:
+            self._slow.pause_writing()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._slow is not None:
+            self._slow.resume_writing()
         self._serve_buffered()
 
     def eof_received(self) -> bool | None:
+        if self._slow is not None:
+            return self._slow.eof_received()  # type: ignore[no-any-return]
         return None  # close when the client has nothing more to send
 
     @property
     def idle(self) -> bool:
-        return not self._busy and not self._buffer
+        return not self._busy and not self._buffer and (self._slow is None or _parked(self._slow))
 
     def close(self) -> None:
         if self._transport is not None:
@@ -417,7 +432,7 @@ class FastPathProtocol(asyncio.Protocol):
     def _serve_buffered(self) -> None:
         transport = self._transport
         while transport is not None and not self._busy and not self._write_paused:
-            if self._handed_over or transport.is_closing():
+            if transport.is_closing() or (self._slow is not None and not _parked(self._slow)):
                 return
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -430,6 +445,8 @@ class FastPathProtocol(asyncio.Protocol):
             if head is None or answer is None:
                 self._hand_over()
                 return
+            if self._slow is not None:
+                self._take_back()
             del self._buffer[: end + 4]
             header, status, length, pieces = answer
             if not pieces:  # HEAD
@@ -517,15 +534,34 @@ class FastPathProtocol(asyncio.Protocol):
             self._serve_buffered()
 
     def _hand_over(self) -> None:
-        """Give the connection and its unconsumed bytes to aiohttp's protocol for good."""
+        """Give the buffered bytes to aiohttp's protocol for this connection (made on first
+        need); the connection comes back to the fast path once aiohttp has answered."""
         transport = self._transport
         if transport is None:
             return
-        self._handed_over = True
-        self._connections.discard(self)
-        protocol = self._fallback_factory()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        if self._slow is None:
+            self._slow = self._fallback_factory()
+            self._slow.connection_made(transport)
         if self._buffer:
             data, self._buffer = bytes(self._buffer), bytearray()
-            protocol.data_received(data)
+            self._slow.data_received(data)
+
+    def _take_back(self) -> None:
+        """Detach aiohttp's protocol, parked between requests, before the fast path answers:
+        left attached, its keep-alive timer would close a connection that is in use."""
+        slow, self._slow = self._slow, None
+        slow.transport = None  # so that its shutdown does not close our connection
+        slow.connection_lost(None)
+
+
+def _parked(protocol: Any) -> bool:
+    """aiohttp's protocol has answered every request it was given and waits for the next one,
+    holding no unparsed bytes. (Private attributes of aiohttp's RequestHandler: without them
+    this says False, and a connection handed to aiohttp simply stays there.)"""
+    waiter = getattr(protocol, "_waiter", None)
+    return (
+        waiter is not None
+        and not waiter.done()
+        and not getattr(protocol, "_messages", True)
+        and not getattr(protocol, "_request_in_progress", True)
+    )

@@ -76,6 +76,43 @@ async def test_pipelined_hits_and_a_miss_handed_over_mid_stream(
         writer.close()
 
 
+async def test_after_a_handed_over_request_the_fast_path_serves_the_same_connection(
+    make_edge: EdgeFactory, bucket: Bucket, http: aiohttp.ClientSession
+) -> None:
+    """Players open a connection with a miss and go on with hits: the hits must not stay on
+    the full handler for the rest of the connection."""
+    hot, cold = random_bytes(SIZE, seed=41), random_bytes(70_000, seed=42)
+    await bucket.put(KEY, hot)
+    await bucket.put("assets/a1/cold.mp4", cold)
+    async with make_edge() as live:
+        await warm(live, http)
+        fast = live.edge.fastpath
+        served_fast: list[int] = []
+        record = fast.record
+
+        def counting(*args: object) -> None:
+            served_fast.append(1)
+            record(*args)  # type: ignore[arg-type]
+
+        fast.record = counting  # type: ignore[method-assign]
+        path, cold_path = target(live), target(live, "assets/a1/cold.mp4")
+        reader, writer = await asyncio.open_connection("127.0.0.1", live.public_port)
+        steps = [
+            (f"GET {cold_path} HTTP/1.1\r\nHost: x\r\n\r\n", 200, cold, False),
+            (f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=5-9\r\n\r\n", 206, hot[5:10], True),
+            (f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n", 200, hot, True),
+            (f"GET {path} HTTP/1.1\r\nHost: x\r\nIf-None-Match: *\r\n\r\n", 304, b"", False),
+            (f"GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=-3\r\n\r\n", 206, hot[-3:], True),
+        ]
+        for request, status, body, by_fast_path in steps:
+            before = len(served_fast)
+            writer.write(request.encode())
+            got_status, _, got_body = await read_response(reader)
+            assert (got_status, got_body == body) == (status, True), request
+            assert len(served_fast) - before == int(by_fast_path), request
+        writer.close()
+
+
 @pytest.mark.parametrize(
     ("request_head", "closes"),
     [
