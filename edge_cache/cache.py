@@ -601,7 +601,8 @@ class EdgeCache:
             del self._missing[key]
         for key in targets:
             await self._drop_key(key)
-        self._metrics.purged_objects.inc(len(targets))
+        if self._persist:  # a pass-through cache purges only what it remembers
+            self._metrics.purged_objects.inc(len(targets))
         return len(targets)
 
     def prefetch(self, keys: Iterable[str]) -> int:

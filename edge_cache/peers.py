@@ -477,19 +477,20 @@ class PeerCache:
 
     # -- admin and lifecycle -------------------------------------------------------------------
 
-    def purge(self, keys: Iterable[str], prefixes: Iterable[str]) -> None:
+    async def purge(self, keys: list[str], prefixes: list[str]) -> None:
         """Forget what this worker remembers of purged keys (the owner deletes the files)."""
         wanted, prefix_tuple = set(keys), tuple(prefixes)
-        gone = {
-            known.meta.object_id
-            for key, known in list(self._meta.items())
-            if (key in wanted or (prefix_tuple and key.startswith(prefix_tuple)))
-            and self._meta.pop(key, None) is not None
-        }
+        matching = [
+            key
+            for key in self._meta
+            if key in wanted or (prefix_tuple and key.startswith(prefix_tuple))
+        ]
+        gone = {self._meta.pop(key).meta.object_id for key in matching}
         self._fds.close_objects(gone)
         for slice_id, fill in self._fills.items():
             if slice_id.object_id in gone:
                 fill.discard = True
+        await self._fallback.purge(keys, prefixes)  # its metadata and last slices in memory
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -537,7 +538,7 @@ class ShardedCache:
     async def purge(self, keys: list[str], prefixes: list[str]) -> PurgeOutcome:
         """Purge on every worker; workers that could not be told are named (retry later)."""
         purged = await self.local.purge(keys, prefixes)
-        self.remote.purge(keys, prefixes)
+        await self.remote.purge(keys, prefixes)
         unreachable = []
         answers = await self.network.broadcast("/purge", {"keys": keys, "prefixes": prefixes})
         for slot, answer in answers.items():
@@ -666,7 +667,7 @@ def make_peer_app(local: EdgeCache, remote: PeerCache) -> web.Application:
     async def purge(request: web.Request) -> web.Response:
         body = await json_body(request)
         keys, prefixes = list(body.get("keys", [])), list(body.get("prefixes", []))
-        remote.purge(keys, prefixes)
+        await remote.purge(keys, prefixes)
         return web.json_response({"purged": await local.purge(keys, prefixes)})
 
     async def prefetch(request: web.Request) -> web.Response:

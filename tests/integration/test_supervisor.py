@@ -328,3 +328,34 @@ async def test_settings_workers_cannot_share_are_refused_in_one_line(
     _, stderr = await process.communicate()
     assert process.returncode == 2
     assert stderr.decode().strip() == f"edge-cache: {message}"
+
+
+async def test_workers_that_keep_dying_stop_the_supervisor_instead_of_looping(
+    proxy: FaultProxy, bucket: Bucket, tmp_path: Path, run_dir: Path
+) -> None:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / f"workers-{WORKERS}").write_text("not a directory")  # every worker fails
+    env = {
+        **os.environ,
+        **edge_env(proxy.url, bucket.name, cache_dir),
+        "EDGE_LISTEN": f"127.0.0.1:{free_port()}",
+        "EDGE_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+        "EDGE_RUN_DIR": str(run_dir),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_cache",
+        "serve",
+        "--workers",
+        str(WORKERS),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    last = json.loads(stderr.decode().strip().splitlines()[-1])
+    assert last["level"] == "error"
+    assert "exited 5 times within 10 s of starting" in last["msg"]
