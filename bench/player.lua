@@ -1,14 +1,20 @@
 -- wrk script shaped like video players. Arguments (after --):
 --   paths_file mode range_bytes object_size [zipf_s]
 -- paths_file: one request path per line (signed, token in the query)
--- mode: "uniform" or "zipf" (popularity of the paths, rank = line number)
--- range_bytes: 0 for whole-object GETs, else a Range of that size at a random offset
+-- mode: "uniform" or "zipf" (popularity of the paths, rank = line number), or "player":
+--   viewers that read their object front to back in range_bytes steps, seek to a random
+--   offset with probability 1/20 per request, and pick a new object by Zipf popularity when
+--   they reach the end (one viewer per connection on average: wrk -t1 issues requests in turn)
+-- range_bytes: 0 for whole-object GETs, else a Range of that size (at a random offset, or
+--   the viewer's position in "player" mode)
 -- object_size: size of the objects (for the random offsets)
 -- Prints one line "JSON {...}" with counts and latency percentiles (microseconds).
 
 local paths = {}
 local mode, range_bytes, object_size
 local cdf = {}
+local viewers, turn = {}, 0
+local VIEWERS, SEEK_CHANCE = 64, 0.05
 
 local function seed()
   local address = tostring({}):match("0x(%x+)") or "0"
@@ -22,7 +28,7 @@ function init(args)
   mode = args[2] or "uniform"
   range_bytes = tonumber(args[3] or "0")
   object_size = tonumber(args[4] or "0")
-  if mode == "zipf" then
+  if mode == "zipf" or mode == "player" then
     local s = tonumber(args[5] or "1.0")
     local total = 0
     for rank = 1, #paths do
@@ -37,7 +43,7 @@ function init(args)
 end
 
 local function pick()
-  if mode ~= "zipf" then
+  if mode == "uniform" then
     return paths[math.random(#paths)]
   end
   local u = math.random()
@@ -49,7 +55,25 @@ local function pick()
   return paths[low]
 end
 
+local function player_request()
+  turn = turn % VIEWERS + 1
+  local viewer = viewers[turn]
+  if viewer == nil or viewer.position >= object_size then
+    viewer = { path = pick(), position = 0 }
+    viewers[turn] = viewer
+  elseif math.random() < SEEK_CHANCE then
+    viewer.position = math.random(0, object_size - 1)
+  end
+  local first = viewer.position
+  local last = math.min(first + range_bytes, object_size) - 1
+  viewer.position = last + 1
+  return wrk.format("GET", viewer.path, { Range = "bytes=" .. first .. "-" .. last })
+end
+
 function request()
+  if mode == "player" then
+    return player_request()
+  end
   local headers = {}
   if range_bytes > 0 then
     local start = math.random(0, object_size - range_bytes)

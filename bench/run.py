@@ -2,6 +2,8 @@
 
     python bench/run.py --runs 3 --duration 10          # all scenarios, medians of 3
     python bench/run.py --scenarios hot1m,hot16k        # a subset
+    (scenarios: hot1m hot16k hot4m cold zipf player; "player": viewers reading 16 objects of
+    32 MiB front to back in 2 MiB ranges, seeking now and then, from cold caches)
     python bench/run.py --soak 600                      # edge RSS under load for 10 minutes
     python bench/run.py --workers 2 --scenarios hot16k  # N edge workers vs N nginx workers
 
@@ -518,15 +520,29 @@ class Bench:
                         self.row("cold", "TTFB ms max of 50 concurrent", False), server.name
                     ).append(max(times))
 
-    def zipf(self, keys: list[str], size: int, cache_max: str) -> None:
+    def mixed(
+        self,
+        name: str,
+        keys: list[str],
+        size: int,
+        cache_max: str,
+        mode: str = "zipf",
+        range_bytes: int = 0,
+    ) -> None:
+        """Zipf popularity from cold servers: whole GETs ("zipf"), or viewers reading objects
+        front to back in `range_bytes` steps with seeks ("player")."""
         paths = signed_paths(keys)
-        paths_file = self.workdir / "zipf.paths"
+        paths_file = self.workdir / f"{name}.paths"
         paths_file.write_text("\n".join(paths) + "\n")
         for run in range(self.runs):
             with self.servers(cache_max) as (edge, nginx):
                 order = (edge, nginx) if run % 2 == 0 else (nginx, edge)
                 for server in order:
-                    load = wrk(server.base, paths_file, 32, self.duration, "zipf", 0, size)
+                    load = wrk(server.base, paths_file, 32, self.duration, mode, range_bytes, size)
+                    if load.errors or load.non2xx:
+                        self.notes.append(
+                            f"{name} {server.name}: {load.errors} errors, {load.non2xx} non-2xx"
+                        )
                     if server.name == "edge":
                         hit = edge_metric(server, "edge_slice_lookups_total", '{result="hit"}')
                         miss = edge_metric(server, "edge_slice_lookups_total", '{result="miss"}')
@@ -540,12 +556,13 @@ class Bench:
                         counts = nginx_cache_counts(server)
                         total = sum(counts.values())
                         ratio = counts.get("HIT", 0) / max(1, total)
-                    getattr(self.row("zipf", "hit ratio %"), server.name).append(ratio * 100)
+                    getattr(self.row(name, "hit ratio %"), server.name).append(ratio * 100)
                     getattr(
-                        self.row("zipf", "cache MiB on disk at the end", False), server.name
+                        self.row(name, "cache MiB on disk at the end", False), server.name
                     ).append(disk_mib(server.cache_dir))
-                    getattr(self.row("zipf", "MB/s"), server.name).append(load.mbps)
-                    getattr(self.row("zipf", "p999 ms", False), server.name).append(load.p999_ms)
+                    getattr(self.row(name, "MB/s"), server.name).append(load.mbps)
+                    getattr(self.row(name, "p99 ms", False), server.name).append(load.p99_ms)
+                    getattr(self.row(name, "p999 ms", False), server.name).append(load.p999_ms)
 
     def table(self) -> str:
         lines = [
@@ -588,7 +605,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--scenarios", default="hot1m,hot16k,hot4m,cold,zipf")
+    parser.add_argument("--scenarios", default="hot1m,hot16k,hot4m,cold,zipf,player")
     parser.add_argument("--big-mib", type=int, default=512, help="size of the large object")
     parser.add_argument("--soak", type=int, default=0, help="edge-only RSS soak, seconds")
     parser.add_argument("--workers", type=int, default=1, help="worker processes per server")
@@ -634,7 +651,12 @@ def main() -> None:
             keys = [f"bench/zipf/{i:03d}.ts" for i in range(200)]
             for key in keys:
                 origin.put(key, rng.randbytes(MIB))
-            bench.zipf(keys, MIB, args.zipf_cache)
+            bench.mixed("zipf", keys, MIB, args.zipf_cache)
+        if "player" in wanted:
+            keys = [f"bench/play/{i:02d}.mp4" for i in range(16)]
+            for key in keys:
+                origin.put(key, rng.randbytes(32 * MIB))
+            bench.mixed("player", keys, 32 * MIB, "20G", "player", 2 * MIB)
         print()
         print(
             f"edge vs nginx, {args.workers} worker(s) each, medians of {args.runs} runs of "

@@ -143,8 +143,14 @@ class Supervisor:
         quick_exits = 0
         while not self._stopping.is_set():
             started = time.monotonic()
+            # A session of its own: Ctrl-C in a terminal reaches the supervisor only, which
+            # then stops the workers in order (instead of them exiting and being replaced).
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edge_cache.worker", env=self._child_env(slot)
+                sys.executable,
+                "-m",
+                "edge_cache.worker",
+                env=self._child_env(slot),
+                start_new_session=True,
             )
             self._procs[slot] = proc
             self._write_state()
