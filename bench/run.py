@@ -155,17 +155,20 @@ class Server:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def rss_kib(self) -> int:
+    def rss_each(self) -> dict[int, int]:
+        """Resident KiB of the server's process and of its children (nginx's worker, or the
+        edge supervisor's workers)."""
         pid = self.process.pid
-        # start-nginx.sh execs nginx, whose worker is a child; the edge is the process itself.
-        pids = [pid] + [int(p) for p in _children(pid)]
-        total = 0
-        for each in pids:
+        sizes: dict[int, int] = {}
+        for each in [pid] + [int(p) for p in _children(pid)]:
             status = Path(f"/proc/{each}/status")
             if status.exists():
                 match = re.search(r"VmRSS:\s+(\d+)", status.read_text())
-                total += int(match.group(1)) if match else 0
-        return total
+                sizes[each] = int(match.group(1)) if match else 0
+        return sizes
+
+    def rss_kib(self) -> int:
+        return sum(self.rss_each().values())
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM if self.name == "edge" else signal.SIGQUIT)
@@ -577,26 +580,30 @@ class Bench:
         return "\n".join(lines)
 
 
-def soak(workdir: Path, origin: Origin, seconds: int) -> None:
+def soak(workdir: Path, origin: Origin, seconds: int, workers: int = 1) -> None:
     keys = [f"bench/seg/{i:03d}.ts" for i in range(64)]
     for key in keys:
         origin.put(key, random.randbytes(MIB))
     paths = signed_paths(keys)
     paths_file = workdir / "soak.paths"
     paths_file.write_text("\n".join(paths) + "\n")
-    edge = start_edge(workdir, origin, "20G")
+    edge = start_edge(workdir, origin, "20G", workers)
     try:
         warm(edge.base, paths, MIB, MIB)
-        samples = [edge.rss_kib()]
+        samples = [edge.rss_each()]
         for _ in range(max(1, seconds // 30)):
             load = wrk(edge.base, paths_file, 32, 30, "uniform", 0, MIB)
-            samples.append(edge.rss_kib())
-            print(f"rss {samples[-1] // 1024} MiB, {load.mbps:,.0f} MB/s", flush=True)
-        first, last = samples[1], samples[-1]
-        print(
-            f"edge RSS over {seconds} s: start {first // 1024} MiB, end {last // 1024} MiB, "
-            f"max {max(samples) // 1024} MiB, change {100 * (last - first) / first:+.1f}%"
-        )
+            samples.append(edge.rss_each())
+            each = ", ".join(f"{kib // 1024}" for kib in samples[-1].values())
+            print(f"rss MiB per process [{each}], {load.mbps:,.0f} MB/s", flush=True)
+        for pid in samples[1]:
+            series = [sample.get(pid, 0) for sample in samples[1:]]
+            first, last = series[0], series[-1]
+            print(
+                f"pid {pid} RSS over {seconds} s: start {first // 1024} MiB, end "
+                f"{last // 1024} MiB, max {max(series) // 1024} MiB, "
+                f"change {100 * (last - first) / max(1, first):+.1f}%"
+            )
     finally:
         edge.stop()
 
@@ -619,7 +626,7 @@ def main() -> None:
     origin = Origin(workdir)
     try:
         if args.soak:
-            soak(workdir, origin, args.soak)
+            soak(workdir, origin, args.soak, args.workers)
             return
         bench = Bench(workdir, origin, args.runs, args.duration, args.workers)
         wanted = set(args.scenarios.split(","))
