@@ -61,6 +61,9 @@ T = TypeVar("T")
 log = logging.getLogger("edge_cache.peers")
 
 META_HEADER = "X-Edge-Meta"
+# Metadata this worker keeps of other workers' keys (oldest forgotten first): a hit needs it in
+# memory, a miss asks the owner again.
+MAX_KNOWN_KEYS = 100_000
 _CHUNK = 256 * 1024
 # The owner answers a status instead of bytes for these; anything else is a broken stream.
 _STATUS_ERRORS: dict[int, type[EdgeHTTPError]] = {
@@ -324,8 +327,14 @@ class PeerCache:
                 self._meta.pop(key, None)
             raise
         # The owner's answer is already `age` old: it stays fresh here only as long as there.
-        self._meta[key] = _Known(meta, self._clock() - min(age, self._meta_ttl_s))
+        self._remember(key, meta, self._clock() - min(age, self._meta_ttl_s))
         return meta
+
+    def _remember(self, key: str, meta: ObjectMeta, checked_at: float) -> None:
+        self._meta.pop(key, None)  # re-inserted last: the bound forgets the oldest
+        self._meta[key] = _Known(meta, checked_at)
+        if len(self._meta) > MAX_KNOWN_KEYS:
+            del self._meta[next(iter(self._meta))]
 
     async def meta_for_get(self, key: str, first_index: int | None) -> ObjectMeta:
         """A cold key costs one request to its owner, which answers with the metadata and the
@@ -344,7 +353,7 @@ class PeerCache:
         try:
             async with self._link(key).slice(key, index, None, 0) as (meta, chunks):
                 self._count("slice", "ok")
-                self._meta[key] = _Known(meta, self._clock())
+                self._remember(key, meta, self._clock())
                 fill = self._start_fill(meta, index, chunks)
                 ready.set_result(meta)
                 assert fill.task is not None
@@ -359,7 +368,7 @@ class PeerCache:
                 except EdgeHTTPError as exc:
                     ready.set_exception(exc)
                     return
-                self._meta[key] = _Known(meta, self._clock())
+                self._remember(key, meta, self._clock())
                 # Join the pass-through fill that GET started, before it ends: nothing keeps
                 # its bytes afterwards.
                 source = self._fallback.fill_for(meta, index, count=False)
@@ -644,6 +653,8 @@ def make_peer_app(local: EdgeCache, remote: PeerCache) -> web.Application:
             if request.transport is not None:
                 request.transport.abort()
             return response
+        except ConnectionError:
+            return response  # the asking worker went away (its client left); the fill goes on
         finally:
             if fd is not None:
                 os.close(fd)

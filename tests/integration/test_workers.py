@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
+from edge_cache import peers
 from edge_cache.app import Edge, RunningEdge, running
 from edge_cache.config import EdgeSettings
 from edge_cache.sharding import Placement, owner_of
@@ -306,3 +307,24 @@ async def test_a_missing_owner_means_uncached_origin_reads_not_errors(
         assert len(proxy.gets(mine)) == 2
         assert edge.index.slice_count == 2
         assert all("workers-2/1/" in str(p) for p in slice_files(tmp_path / "cache"))
+
+
+async def test_a_worker_remembers_a_bounded_number_of_other_workers_keys(
+    workers: Workers,
+    bucket: Bucket,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(peers, "MAX_KNOWN_KEYS", 2)
+    keys = [key_owned_by(1, f"assets/m{n}x") for n in range(3)]
+    for n, key in enumerate(keys):
+        await bucket.put(key, random_bytes(1000, seed=n))
+    async with workers() as live:
+        reader = live[0].edge.peer_cache
+        assert reader is not None
+        for n, key in enumerate(keys):
+            status, _, body = await get(http, url(live[0], key))
+            assert (status, body) == (200, random_bytes(1000, seed=n))
+        assert [reader.fresh_meta(key) is not None for key in keys] == [False, True, True]
+        status, _, _ = await get(http, url(live[0], keys[0]))  # asks the owner again
+        assert status == 200
