@@ -43,6 +43,15 @@ QUICK_EXIT_S = 10.0  # a worker that dies sooner than this after its start count
 MAX_QUICK_EXITS = 5
 READY_TIMEOUT_S = 60.0
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+_MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"  # Linux 5.14+
+
+
+def _reads(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
 
 
 def check_workers(settings: EdgeSettings, workers: int) -> None:
@@ -117,6 +126,12 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._roll)
         keepers = [asyncio.create_task(self._keep(slot)) for slot in range(self._workers)]
         log.info("supervising %d workers, run directory %s", self._workers, self.run_dir)
+        if _reads(_MIGRATE_REQ) == "0":
+            log.info(
+                "%s is 0: a restarting worker's listener drops connections still in its accept "
+                "queue; set it to 1 to have the kernel move them to the other workers",
+                _MIGRATE_REQ.replace("/proc/sys/", "").replace("/", "."),
+            )
         await self._stopping.wait()
         log.info("stopping workers")
         if self._rolling is not None:
