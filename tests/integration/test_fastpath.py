@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from edge_cache.app import RunningEdge
-from edge_cache.fastpath import parse_head
+from edge_cache.fastpath import FastPathProtocol, parse_head
 from tests.conftest import ADMIN_TOKEN, Bucket, EdgeFactory, random_bytes
 
 KEY = "assets/a1/preview.mp4"
@@ -183,6 +183,39 @@ def test_parse_head_declines_anything_unusual() -> None:
         b"GET  /a HTTP/1.1",
     ):
         assert parse_head(head) is None, head
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /a?token=t HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\nUser-Agent: p",
+        b"GET /a?token=t HTTP/1.1\r\nHost: x\r\nRange: bytes=10-19",
+        b"GET /a?token=t HTTP/1.1\r\nHost: x\r\nRange:   bytes=5-6 \t\r\nX: 1",
+        b"GET /a?token=t HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nRange: bytes=2-3",
+        b"GET /a?token=t HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nrange: bytes=2-3",
+        b"GET /a?token=t HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nBad Name: 1",
+        b"GET /a?token=t HTTP/1.1\r\nHost: x\r\nConnection: close\r\nRange: bytes=-5",
+        b"GET /a?token=t HTTP/1.1\r\nHost: x",
+    ],
+)
+def test_the_per_connection_head_memo_parses_exactly_like_the_strict_parser(raw: bytes) -> None:
+    protocol = FastPathProtocol(None, None, set())  # type: ignore[arg-type]
+    warm_up = raw.replace(b"Range: bytes=", b"Range: bytes=9")  # same head, another Range
+    for each in (warm_up, raw, raw):  # cold memo, then warm
+        expected, got = parse_head(each), protocol._head(each)
+        if expected is None:
+            assert got is None
+            continue
+        assert got is not None
+        assert (got.method, got.target, got.keep_alive) == (
+            expected.method,
+            expected.target,
+            expected.keep_alive,
+        )
+        assert got.range == expected.headers.get(b"range")
+        assert {k: v for k, v in got.headers.items() if k != b"range"} == {
+            k: v for k, v in expected.headers.items() if k != b"range"
+        }
 
 
 async def test_hits_are_counted_exactly_when_scraped(
