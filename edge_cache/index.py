@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = ["Admission", "CacheIndex", "SliceId"]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class SliceId:
-    """Slice `index` of one object version (`object_id` names key + ETag)."""
+class SliceId(NamedTuple):
+    """Slice `index` of one object version (`object_id` names key + ETag).
+
+    A named tuple, not a frozen dataclass: every hit hashes a few of these, and a tuple's
+    hash and equality run in C where a dataclass's run in Python."""
 
     object_id: str
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index(), which nothing here calls
 
 
 @dataclass(frozen=True, slots=True)
