@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Callable
@@ -60,7 +59,6 @@ DECLINE = frozenset(
         b"expect",
     }
 )
-_SIMPLE_RANGE = re.compile(rb"bytes=(\d{1,18})-(\d{1,18})")
 Piece = tuple[int, int, int]  # an open slice descriptor, offset, count
 STATUS_LINE = {200: b"HTTP/1.1 200 OK\r\n", 206: b"HTTP/1.1 206 Partial Content\r\n"}
 
@@ -272,11 +270,18 @@ class FastPath:
         """The one byte range to send, inclusive, and its status (0: not for the fast path)."""
         if header is None:
             return 0, size - 1, (200 if size > 0 else 0)
-        simple = _SIMPLE_RANGE.fullmatch(header)
-        if simple is not None:  # the players' usual `bytes=a-b`, without the general parser
-            start, end = int(simple.group(1)), int(simple.group(2))
-            if start <= end and start < size:
-                return start, min(end, size - 1), 206
+        if header.startswith(b"bytes="):  # the players' usual `bytes=a-b`, parsed directly
+            low, dash, high = header[6:].partition(b"-")
+            if (
+                dash
+                and 0 < len(low) <= 18
+                and 0 < len(high) <= 18
+                and low.isdigit()  # bytes.isdigit(): ASCII digits only
+                and high.isdigit()
+            ):
+                start, end = int(low), int(high)
+                if start <= end and start < size:
+                    return start, min(end, size - 1), 206
         decision = parse_range(header.decode("latin-1"), size, self._settings.max_ranges)
         if isinstance(decision, Partial) and len(decision.ranges) == 1:
             return decision.ranges[0].start, decision.ranges[0].end, 206
@@ -284,7 +289,7 @@ class FastPath:
             return 0, size - 1, 200
         return 0, 0, 0
 
-    def record(self, method: bytes, path: str, status: int, body: int, seconds: float) -> None:
+    def record(self, method: bytes, target: str, status: int, body: int, seconds: float) -> None:
         key = (method, status)
         self._pending_requests[key] = self._pending_requests.get(key, 0) + 1
         self._pending_bytes += body
@@ -296,7 +301,7 @@ class FastPath:
                 json.dumps(
                     {
                         "method": method.decode(),
-                        "path": path,
+                        "path": self._logged_path(target),
                         "status": status,
                         "bytes": body,
                         "cache": "hit",
@@ -305,6 +310,11 @@ class FastPath:
                     separators=(",", ":"),
                 )
             )
+
+    def _logged_path(self, raw_target: str) -> str:
+        """The object path, as the full handler logs it: never a token (query or path form)."""
+        target = self._target(raw_target)
+        return target.object_path if target is not None else raw_target.partition("?")[0]
 
     def flush_metrics(self) -> None:
         """Move the batched counts into the prometheus series (also done before each scrape)."""
@@ -506,7 +516,7 @@ class FastPathProtocol(asyncio.Protocol):
                     return
             self._fast.record(
                 head.method,
-                head.target.partition("?")[0],
+                head.target,
                 status,
                 length,
                 time.perf_counter() - started,
@@ -531,7 +541,7 @@ class FastPathProtocol(asyncio.Protocol):
             self._cork(False)
             self._fast.record(
                 head.method,
-                head.target.partition("?")[0],
+                head.target,
                 status,
                 length,
                 time.perf_counter() - started,

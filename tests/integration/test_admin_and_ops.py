@@ -253,6 +253,36 @@ async def test_one_json_access_log_line_per_request(
     assert all("token" not in json.dumps(line) for line in lines)
 
 
+async def test_path_form_tokens_stay_out_of_the_access_log_on_both_paths(
+    make_edge: EdgeFactory,
+    bucket: Bucket,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await bucket.put("assets/a1/hls/seg_0001.ts", b"segment bytes")
+    async with make_edge() as live:
+        token = live.edge.verifier.sign("/assets/a1/*", int(time.time()) + 600)
+        url = f"{live.public_url}/t/{token}/assets/a1/hls/seg_0001.ts"
+        served_fast: list[int] = []
+        record = live.edge.fastpath.record
+
+        def counting(*args: object) -> None:
+            served_fast.append(1)
+            record(*args)  # type: ignore[arg-type]
+
+        live.edge.fastpath.record = counting  # type: ignore[method-assign]
+        with caplog.at_level(logging.INFO, logger="edge_cache.access"):
+            for _ in range(2):  # a miss (full handler), then a hit (fast path)
+                async with http.get(url) as response:
+                    assert await response.read() == b"segment bytes"
+                await live.edge.cache.settled()
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "edge_cache.access"]
+    assert [line["cache"] for line in lines] == ["miss", "hit"]
+    assert len(served_fast) == 1
+    assert all(line["path"] == "/assets/a1/hls/seg_0001.ts" for line in lines)
+    assert all(token not in json.dumps(line) for line in lines)
+
+
 async def test_graceful_shutdown_drains_and_finishes_in_flight_responses(
     make_edge: EdgeFactory, bucket: Bucket, proxy: FaultProxy, http: aiohttp.ClientSession
 ) -> None:
