@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -85,6 +86,13 @@ def alive(pid: int) -> bool:
     return True
 
 
+async def serve_workers(env: dict[str, str], **streams: Any) -> asyncio.subprocess.Process:
+    """`edge-cache serve --workers 3` as a child process."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_cache", "serve", "--workers", str(WORKERS), env=env, **streams
+    )
+
+
 @asynccontextmanager
 async def supervised(
     proxy: FaultProxy, bucket: Bucket, tmp_path: Path, run_dir: Path, **overrides: str
@@ -100,17 +108,7 @@ async def supervised(
     }
     log = tmp_path / "supervisor.log"
     with open(log, "wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edge_cache",
-            "serve",
-            "--workers",
-            str(WORKERS),
-            env=env,
-            stdout=sink,
-            stderr=sink,
-        )
+        process = await serve_workers(env, stdout=sink, stderr=sink)
     running = Supervised(
         process, run_dir, f"http://127.0.0.1:{public}", f"http://127.0.0.1:{admin}", log
     )
@@ -315,16 +313,7 @@ async def test_settings_workers_cannot_share_are_refused_in_one_line(
         "EDGE_ADMIN_LISTEN": "127.0.0.1:19090",
         **overrides,
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_cache",
-        "serve",
-        "--workers",
-        "3",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await serve_workers(env, stderr=asyncio.subprocess.PIPE)
     _, stderr = await process.communicate()
     assert process.returncode == 2
     assert stderr.decode().strip() == f"edge-cache: {message}"
@@ -343,16 +332,8 @@ async def test_workers_that_keep_dying_stop_the_supervisor_instead_of_looping(
         "EDGE_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
         "EDGE_RUN_DIR": str(run_dir),
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_cache",
-        "serve",
-        "--workers",
-        str(WORKERS),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    process = await serve_workers(
+        env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
