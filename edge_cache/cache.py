@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .descriptors import DescriptorCache
 from .errors import BadGateway, EdgeHTTPError, GatewayTimeout, NotFound, OriginChanged
@@ -25,7 +25,7 @@ from .origin import ObjectMeta, Origin, RangeUnusable
 from .slicing import slice_count, slice_length
 from .store import DiskStore, FoundObject
 
-__all__ = ["CacheView", "EdgeCache", "SliceFill"]
+__all__ = ["CacheView", "EdgeCache", "InFlight", "SliceFill"]
 
 T = TypeVar("T")
 
@@ -127,6 +127,28 @@ class SliceFill:
         self.fail(exc)
 
 
+class InFlight(Generic[T]):
+    """At most one operation per key at a time (single flight); later callers join it."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Future[T]] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._running
+
+    def join(self, key: str, start: Callable[[], asyncio.Future[T]]) -> asyncio.Future[T]:
+        """The operation running for `key`, or the one `start()` begins. Shielded: a caller
+        that goes away cancels its own wait, not the operation others are waiting for."""
+        future = self._running.get(key)
+        if future is None:
+            future = start()
+            self._running[key] = future
+            future.add_done_callback(lambda _: self._running.pop(key, None))
+            # An error nobody is waiting for any more still counts as seen.
+            future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        return asyncio.shield(future)
+
+
 class CacheView(Protocol):
     """What the request handlers need from the cache: metadata, resident slices, fills.
 
@@ -190,7 +212,7 @@ class EdgeCache:
         self._meta: dict[str, _MetaEntry] = {}
         self._missing: dict[str, float] = {}
         self._versions: dict[str, ObjectMeta] = {}  # object_id -> meta, for every known version
-        self._meta_pending: dict[str, asyncio.Future[ObjectMeta]] = {}
+        self._meta_pending: InFlight[ObjectMeta] = InFlight()
         self._fills: dict[SliceId, SliceFill] = {}
         self._fds = DescriptorCache(FD_CACHE_SIZE)
         self._recent: OrderedDict[SliceId, SliceFill] = OrderedDict()
@@ -290,13 +312,7 @@ class EdgeCache:
         missing_since = self._missing.get(key)
         if missing_since is not None and now - missing_since < self._negative_ttl_s:
             raise NotFound()
-        pending = self._meta_pending.get(key)
-        if pending is None:
-            pending = self._spawn(self._revalidate(key))
-            self._meta_pending[key] = pending
-            pending.add_done_callback(lambda _: self._meta_pending.pop(key, None))
-        # Shielded: a client that goes away must not cancel the HEAD others are waiting for.
-        return await asyncio.shield(pending)
+        return await self._meta_pending.join(key, lambda: self._spawn(self._revalidate(key)))
 
     async def meta_for_get(
         self, key: str, first_index: int | None, *, count: bool = True
@@ -311,13 +327,13 @@ class EdgeCache:
             or key in self._missing
         ):
             return await self.meta(key)
-        ready: asyncio.Future[ObjectMeta] = asyncio.get_running_loop().create_future()
-        self._meta_pending[key] = ready
-        ready.add_done_callback(lambda _: self._meta_pending.pop(key, None))
-        # Mark an error as seen even if every waiter has gone away meanwhile.
-        ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-        self._spawn(self._cold_fetch(key, first_index, ready, count))
-        return await asyncio.shield(ready)
+
+        def start() -> asyncio.Future[ObjectMeta]:
+            ready: asyncio.Future[ObjectMeta] = asyncio.get_running_loop().create_future()
+            self._spawn(self._cold_fetch(key, first_index, ready, count))
+            return ready
+
+        return await self._meta_pending.join(key, start)
 
     async def _cold_fetch(
         self, key: str, index: int, ready: asyncio.Future[ObjectMeta], count: bool

@@ -38,6 +38,7 @@ from .paths import Target, parse_target
 from .ratelimit import WindowLimiter
 from .server import EXPOSED_HEADERS, ServerState
 from .signing import Verifier
+from .slicing import slice_spans
 from .transmit import SocketSink, transport_drained
 
 __all__ = ["FastPath", "FastPathProtocol", "parse_head"]
@@ -232,14 +233,7 @@ class FastPath:
             return None  # multipart, 416, empty objects: the full handler
         # Plain integers from here on: frozen dataclasses cost about a microsecond each to
         # build, a visible share of a 16 KiB hit.
-        slice_bytes = self._slice_bytes
-        spans: list[Piece] = []  # (slice index, offset in the slice, count)
-        position = first
-        while position <= last:
-            index, offset = divmod(position, slice_bytes)
-            count = min(slice_bytes - offset, last - position + 1)
-            spans.append((index, offset, count))
-            position += count
+        spans = slice_spans(first, last, self._slice_bytes)
         opened: list[Piece] = []
         if head.method == b"HEAD":  # no bytes to send: residency is all a HEAD needs to know
             if not all(self._cache.is_resident(meta, index) for index, _, _ in spans):
@@ -289,7 +283,9 @@ class FastPath:
             return 0, size - 1, 200
         return 0, 0, 0
 
-    def record(self, method: bytes, target: str, status: int, body: int, seconds: float) -> None:
+    def record(self, method: bytes, target: str, status: int, body: int, started: float) -> None:
+        """Count one answered hit (`started`: its `time.perf_counter()` on arrival)."""
+        seconds = time.perf_counter() - started
         key = (method, status)
         self._pending_requests[key] = self._pending_requests.get(key, 0) + 1
         self._pending_bytes += body
@@ -514,13 +510,7 @@ class FastPathProtocol(asyncio.Protocol):
                         self._send_rest(pending, head, status, length, started)
                     )
                     return
-            self._fast.record(
-                head.method,
-                head.target,
-                status,
-                length,
-                time.perf_counter() - started,
-            )
+            self._fast.record(head.method, head.target, status, length, started)
             if not head.keep_alive:
                 transport.close()
                 return
@@ -539,13 +529,7 @@ class FastPathProtocol(asyncio.Protocol):
             while not _push(sink.fd, pending):
                 await sink.writable()
             self._cork(False)
-            self._fast.record(
-                head.method,
-                head.target,
-                status,
-                length,
-                time.perf_counter() - started,
-            )
+            self._fast.record(head.method, head.target, status, length, started)
         except OSError:
             transport.abort()
             return

@@ -241,26 +241,9 @@ class Origin:
         where HEAD + GET would take two. Raises `RangeUnusable` when S3 cannot answer that
         range with a 206 (an empty object, or `start` past its end): then use `head`.
         """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            async with asyncio.timeout(self._settings.timeout_s):
-                response = await self.client.get_object(
-                    Bucket=self._settings.bucket, Key=key, Range=f"bytes={start}-{end}"
-                )
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            self._stats.request(
-                "get", "RangeUnusable" if status == 416 else "error", loop.time() - started
-            )
-            if status == 416:
-                raise RangeUnusable() from exc
-            raise _translate(exc) from exc
-        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = _translate(exc)
-            self._stats.request("get", error.__class__.__name__, loop.time() - started)
-            raise error from exc
-        self._stats.request("get", "ok", loop.time() - started)
+        response = await self._get_object(
+            Key=key, Range=f"bytes={start}-{end}", unsatisfiable=RangeUnusable
+        )
         body = response["Body"]
         try:
             match = _CONTENT_RANGE.fullmatch(str(response.get("ContentRange", "")))
@@ -296,21 +279,9 @@ class Origin:
         chunks; each read is bounded by the fetch timeout, so a stalled origin raises
         GatewayTimeout. The response is closed on exit, releasing or dropping the connection.
         """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            async with asyncio.timeout(self._settings.timeout_s):
-                response = await self.client.get_object(
-                    Bucket=self._settings.bucket,
-                    Key=meta.key,
-                    Range=f"bytes={start}-{end}",
-                    IfMatch=meta.etag,
-                )
-        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = _translate(exc)
-            self._stats.request("get", error.__class__.__name__, loop.time() - started)
-            raise error from exc
-        self._stats.request("get", "ok", loop.time() - started)
+        response = await self._get_object(
+            Key=meta.key, Range=f"bytes={start}-{end}", IfMatch=meta.etag
+        )
         body = response["Body"]
         try:
             # Never trust the origin's framing blindly: a 200 instead of a 206, or a range other
@@ -321,6 +292,28 @@ class Origin:
             yield self._chunks(body, end - start + 1)
         finally:
             body.close()
+
+    async def _get_object(
+        self, *, unsatisfiable: type[Exception] | None = None, **params: Any
+    ) -> Any:
+        """One GetObject within the fetch timeout, counted; failures become the edge's errors,
+        and a 416 becomes `unsatisfiable` when the caller has a use for it."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                response = await self.client.get_object(Bucket=self._settings.bucket, **params)
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status = (
+                exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if isinstance(exc, ClientError)
+                else None
+            )
+            error = unsatisfiable() if unsatisfiable and status == 416 else _translate(exc)
+            self._stats.request("get", error.__class__.__name__, loop.time() - started)
+            raise error from exc
+        self._stats.request("get", "ok", loop.time() - started)
+        return response
 
     async def _chunks(self, body: Any, length: int) -> AsyncIterator[bytes]:
         remaining = length

@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from .admin import PurgeOutcome
-from .cache import FD_CACHE_SIZE, EdgeCache, SliceFill
+from .cache import FD_CACHE_SIZE, EdgeCache, InFlight, SliceFill
 from .descriptors import DescriptorCache
 from .errors import (
     BadGateway,
@@ -274,7 +274,7 @@ class PeerCache:
         self._retries = retries
         self._clock = clock
         self._meta: dict[str, _Known] = {}
-        self._pending: dict[str, asyncio.Future[ObjectMeta]] = {}
+        self._pending: InFlight[ObjectMeta] = InFlight()
         self._fills: dict[SliceId, SliceFill] = {}
         self._fds = DescriptorCache(FD_CACHE_SIZE)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -306,12 +306,7 @@ class PeerCache:
         fresh = self.fresh_meta(key)
         if fresh is not None:
             return fresh
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._spawn(self._load_meta(key))
-            self._pending[key] = pending
-            pending.add_done_callback(lambda _: self._pending.pop(key, None))
-        return await asyncio.shield(pending)
+        return await self._pending.join(key, lambda: self._spawn(self._load_meta(key)))
 
     async def _load_meta(self, key: str) -> ObjectMeta:
         try:
@@ -341,12 +336,13 @@ class PeerCache:
         first slice's bytes (one origin request in all)."""
         if first_index is None or key in self._meta or key in self._pending:
             return await self.meta(key)
-        ready: asyncio.Future[ObjectMeta] = asyncio.get_running_loop().create_future()
-        self._pending[key] = ready
-        ready.add_done_callback(lambda _: self._pending.pop(key, None))
-        ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-        self._spawn(self._cold(key, first_index, ready))
-        return await asyncio.shield(ready)
+
+        def start() -> asyncio.Future[ObjectMeta]:
+            ready: asyncio.Future[ObjectMeta] = asyncio.get_running_loop().create_future()
+            self._spawn(self._cold(key, first_index, ready))
+            return ready
+
+        return await self._pending.join(key, start)
 
     async def _cold(self, key: str, index: int, ready: asyncio.Future[ObjectMeta]) -> None:
         self._metrics.slice_lookups.labels("miss").inc()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["SlicePiece", "slice_count", "slice_length", "slice_pieces"]
+__all__ = ["SlicePiece", "slice_count", "slice_length", "slice_pieces", "slice_spans"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +30,20 @@ def slice_length(index: int, size: int, slice_bytes: int) -> int:
     return min(slice_bytes, size - index * slice_bytes)
 
 
-def slice_pieces(start: int, end: int, slice_bytes: int) -> Iterator[SlicePiece]:
-    """The pieces of slices that cover the inclusive byte range [start, end], in order."""
+def slice_spans(start: int, end: int, slice_bytes: int) -> list[tuple[int, int, int]]:
+    """(slice index, offset in the slice, byte count) for each slice covering the inclusive
+    byte range [start, end], in order. Plain tuples: the hit path calls this per request."""
+    spans = []
     position = start
     while position <= end:
         index, offset = divmod(position, slice_bytes)
-        piece_end = min(slice_bytes, end - index * slice_bytes + 1)
-        yield SlicePiece(index, offset, piece_end)
-        position = index * slice_bytes + piece_end
+        count = min(slice_bytes - offset, end - position + 1)
+        spans.append((index, offset, count))
+        position += count
+    return spans
+
+
+def slice_pieces(start: int, end: int, slice_bytes: int) -> Iterator[SlicePiece]:
+    """The pieces of slices that cover the inclusive byte range [start, end], in order."""
+    for index, offset, count in slice_spans(start, end, slice_bytes):
+        yield SlicePiece(index, offset, offset + count)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from edge_cache.slicing import SlicePiece, slice_count, slice_length, slice_pieces
+from edge_cache.slicing import SlicePiece, slice_count, slice_length, slice_pieces, slice_spans
 
 
 def test_pieces_cover_a_range_across_slices() -> None:
@@ -9,6 +9,12 @@ def test_pieces_cover_a_range_across_slices() -> None:
         SlicePiece(1, 0, 10),
         SlicePiece(2, 0, 5),
     ]
+
+
+def test_spans_are_the_hit_paths_form_of_the_same_pieces() -> None:
+    assert slice_spans(5, 24, 10) == [(0, 5, 5), (1, 0, 10), (2, 0, 5)]
+    assert slice_spans(12, 13, 10) == [(1, 2, 2)]
+    assert slice_spans(0, 9, 10) == [(0, 0, 10)]
 
 
 def test_range_inside_one_slice() -> None:
